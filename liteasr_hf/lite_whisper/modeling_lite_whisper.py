@@ -1,0 +1,390 @@
+"""Lite-Whisper: Whisper whose encoder projections are low-rank, `(x @ weight1) @ weight2 + bias`.
+
+Ships inside checkpoints (trust_remote_code): import siblings with single-dot imports only, nothing from
+liteasr_hf. Tensor names follow the published LiteASR checkpoints (efficient-speech/lite-whisper-*):
+`model.encoder.layers.{i}.self_attn.{q,k,v,out}_proj.{weight1,weight2,bias}`, `model.encoder.layers.{i}.{fc1,fc2}.*`.
+
+`attn_implementation="liteasr"` runs encoder self-attention in rank space (`LiteWhisperAttention`) and the
+decoder on SDPA. Importing this file registers that implementation and the ASR pipeline for lite models.
+"""
+
+import copy
+import os
+import shutil
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers import initialization as init
+from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.models.whisper.modeling_whisper import (
+    WhisperAttention,
+    WhisperEncoder,
+    WhisperEncoderLayer,
+    WhisperForConditionalGeneration,
+    WhisperModel,
+    WhisperPreTrainedModel,
+    eager_attention_forward,
+)
+
+from .attention_lite_whisper import attention_core
+from .configuration_lite_whisper import LOW_RANK_SHAPES, LiteWhisperConfig
+from .pipeline_lite_whisper import LiteWhisperASRPipeline, register_asr_pipeline
+
+ATTN_IMPLEMENTATION = "liteasr"
+
+
+class LowRankLinear(nn.Module):
+    """`nn.Linear` replacement of rank k: weight1 [in, k], weight2 [k, out], bias [out] (the published layout)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.weight1 = nn.Parameter(torch.empty(in_features, rank))
+        self.weight2 = nn.Parameter(torch.empty(rank, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        nn.init.normal_(self.weight1, std=0.02)
+        nn.init.normal_(self.weight2, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # addmm: the bias add rides in the GEMM epilogue (one kernel fewer per projection in eager mode)
+        h = x.reshape(-1, self.in_features) @ self.weight1
+        return torch.addmm(self.bias, h, self.weight2).view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# attn_implementation="liteasr": decoder (and dense encoder layers) on SDPA, encoder self-attention in rank space.
+
+
+def _additive_mask(query, key, attention_mask, is_causal):
+    """SDPA-style mask (bool, or None meaning "causal or nothing") -> the additive float mask eager attention adds."""
+    if attention_mask is None:
+        if not is_causal or query.shape[2] == 1:
+            return None
+        q_len, kv_len = query.shape[2], key.shape[2]
+        attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+    if attention_mask.dtype == torch.bool:
+        zero = torch.zeros((), dtype=query.dtype, device=query.device)
+        attention_mask = torch.where(attention_mask, zero, torch.finfo(query.dtype).min)
+    return attention_mask
+
+
+def liteasr_attention_forward(module, query, key, value, attention_mask, **kwargs):
+    # Attention weights (output_attentions) need the eager path; it takes an additive mask, SDPA's is boolean.
+    if kwargs.get("output_attentions"):
+        is_causal = getattr(module, "is_causal", False)
+        mask = _additive_mask(query, key, attention_mask, is_causal)
+        return eager_attention_forward(module, query, key, value, mask, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+# Both registrations are needed: without a mask function, create_causal_mask skips mask creation for an unknown
+# implementation and the decoder's padding mask is silently dropped (transformers issue 46132).
+AttentionInterface.register(ATTN_IMPLEMENTATION, liteasr_attention_forward)
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+register_asr_pipeline()
+
+
+def _split_heads(x, num_heads):
+    """[B, T, H*d] -> [B, H, T, d]"""
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+
+class LiteWhisperAttention(WhisperAttention):
+    """Encoder self-attention that, under attn_implementation="liteasr", computes in rank space.
+
+    With q = A W_Q2 + b_Q (A = X W_Q1) and k = B W_K2 + b_K (B = X W_K1), head i scores are
+        s q_i k_i^T = s A (W_Q2^i W_K2^iT) B^T + s 1 (W_K2^i b_Q^i)^T B^T + (terms constant along each query row).
+    The row constants cancel in softmax, so b_K never matters and b_Q leaves a per-key bias. The [kq, kk] product
+    is contracted into whichever operand is larger, so QK^T costs H T^2 min(kq, kk) instead of H T^2 d. A dense
+    projection is the same with A = per-head q (W_Q2 = I). Values: S (C W_V2^i + b_V^i) = (S C) W_V2^i + b_V^i with
+    C = X W_V1, since softmax rows sum to 1; PV costs H T^2 kv instead of H T^2 d.
+    Each part takes the rank-space form only when it is cheaper (rank < head_dim); `attention_core` does the rest.
+    """
+
+    def forward(self, hidden_states, key_value_states=None, attention_mask=None, output_attentions=False, **kwargs):
+        if (
+            self.config._attn_implementation != ATTN_IMPLEMENTATION
+            or key_value_states is not None
+            or attention_mask is not None
+            or output_attentions
+            or (self.training and self.dropout > 0)
+            or not (self._qk_rank_space() or self._v_rank_space())
+        ):
+            return super().forward(
+                hidden_states,
+                key_value_states=key_value_states,
+                attention_mask=attention_mask,
+                output_attentions=output_attentions,
+                **kwargs,
+            )
+        q, k, v, key_bias = self.rank_space_operands(hidden_states)
+        out = attention_core(q, k, v, key_bias)  # [B, H, T, r or d]
+        if self._v_rank_space():
+            v_proj = self.v_proj
+            w2 = v_proj.weight2.unflatten(1, (self.num_heads, self.head_dim)).transpose(0, 1)  # [H, kv, d]
+            out = out @ w2 + v_proj.bias.view(self.num_heads, 1, self.head_dim)
+        out = out.transpose(1, 2).flatten(2)
+        return self.out_proj(out), None
+
+    def _derived(self, name, sources, build):
+        """A tensor computed from weights only (fused at run time from the published per-projection tensors, never
+        saved), cached until a source tensor changes (in-place ops under no_grad bump `_version`; moves, casts and
+        `.data =` change the pointer). Under torch.compile or autograd it is rebuilt inside the graph instead.
+        NOT seen: in-place writes through `.data` (`w.data.copy_(...)` keeps pointer and version): call
+        `clear_derived_cache()` after such edits."""
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
+            return build()
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = cache[name] = (key, build())
+        return hit[1]
+
+    def clear_derived_cache(self):
+        self.__dict__.pop("_derived_cache", None)
+
+    def _first_stage(self, x):
+        """x @ weight1 of the low-rank q/k/v projections the rank-space path reads, as ONE GEMM over the
+        concatenated weight1 [d, kq + kk + kv] (skinny N=k GEMMs leave most of a GPU idle at batch 1). Returns
+        {name: [B, T, k] column view}; the views are non-contiguous, which attention_core takes as is."""
+        names = []
+        if self._qk_rank_space():
+            names += [n for n in ("q_proj", "k_proj") if isinstance(getattr(self, n), LowRankLinear)]
+        if self._v_rank_space():
+            names.append("v_proj")
+        w1s = [getattr(self, n).weight1 for n in names]
+        if len(w1s) <= 1:
+            return {n: x @ w for n, w in zip(names, w1s)}
+        w1 = self._derived("w1:" + ",".join(names), w1s, lambda: torch.cat(w1s, dim=1))
+        return dict(zip(names, (x @ w1).split([w.shape[1] for w in w1s], dim=-1)))
+
+    def _qk_rank_space(self):
+        ranks = [p.rank for p in (self.q_proj, self.k_proj) if isinstance(p, LowRankLinear)]
+        return bool(ranks) and min(ranks) < self.head_dim
+
+    def _v_rank_space(self):
+        return isinstance(self.v_proj, LowRankLinear) and self.v_proj.rank < self.head_dim
+
+    def _qk_factors(self, proj, x, first):
+        """proj(x) per head i as a @ p[i] + c[i]: a [B, 1, T, k] (shared by heads) for a low-rank projection, else
+        a = the per-head projection [B, H, T, d] with p = identity and c = 0 (returned as None)."""
+        if isinstance(proj, LowRankLinear):
+            a = first["q_proj" if proj is self.q_proj else "k_proj"][:, None]
+            p = proj.weight2.unflatten(1, (self.num_heads, self.head_dim)).transpose(0, 1)  # [H, k, d]
+            return a, p, proj.bias.view(self.num_heads, self.head_dim)
+        return _split_heads(proj(x), self.num_heads), None, None
+
+    def rank_space_operands(self, x):
+        """Operands for attention_core: q [B, H, T, r] (softmax scale folded in), k [B, 1 or H, T, r],
+        v [B, 1 or H, T, kv or d], key_bias [B, H, T] or None. The x @ weight1 products are the place for a fused
+        q/k/v GEMM."""
+        batch, length, _ = x.shape
+        heads = self.num_heads
+        first = self._first_stage(x)  # one GEMM for the low-rank q/k/v first stages
+        if self._qk_rank_space():
+            aq, pq, cq = self._qk_factors(self.q_proj, x, first)
+            ak, pk, _ = self._qk_factors(self.k_proj, x, first)  # b_K cancels in softmax
+            # s W_Q2^i W_K2^iT and s W_K2^i b_Q^i depend on weights only: built once, cached (self._derived).
+            # m[i] = s W_Q2^i W_K2^iT, with identity standing in for a dense side; the scale s rides in m.
+            sources = [t for t in (pq, pk, cq) if t is not None]
+
+            def build_m():
+                if pk is None:
+                    return pq * self.scaling  # [H, kq, d]
+                if pq is None:
+                    return pk.transpose(1, 2) * self.scaling  # [H, d, kk]
+                return (pq @ pk.transpose(1, 2)) * self.scaling  # [H, kq, kk]
+
+            m = self._derived("m", sources, build_m)
+            if ak.shape[-1] <= aq.shape[-1]:
+                q, k = aq @ m, ak  # contract on the query side: r = kk
+            else:
+                # contract on the key side: r = kq; q stays one [B, 1, T, kq] tensor with stride 0 over heads
+                q, k = aq.expand(batch, heads, length, -1), ak @ m.transpose(1, 2)
+            key_bias = None
+            if cq is not None:  # the b2 term: s b_Q^i . k_i(t), without b_K
+                kq_bias = self._derived(
+                    "kq_bias", sources,
+                    lambda: (cq[:, :, None] if pk is None else pk @ cq[:, :, None]) * self.scaling,  # [H, kk|d, 1]
+                )
+                key_bias = (ak @ kq_bias).squeeze(-1)
+                key_bias = key_bias.expand(batch, heads, length)
+        else:
+            q = _split_heads(self.q_proj(x), heads) * self.scaling
+            k, key_bias = _split_heads(self.k_proj(x), heads), None
+        if self._v_rank_space():
+            v = first["v_proj"][:, None]  # [B, 1, T, kv]; W_V2 and b_V are applied after the core
+        else:
+            v = _split_heads(self.v_proj(x), heads)
+        # No .contiguous(): attention_core takes strides (stride 0 over heads, column views of the fused GEMM);
+        # copies here would write H x [B, T, r] for an expanded q.
+        return q, k, v, key_bias
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class LiteWhisperEncoderLayer(WhisperEncoderLayer):
+    def __init__(self, config: LiteWhisperConfig, low_rank_config: dict[str, int] | None = None):
+        super().__init__(config)
+        self.self_attn = LiteWhisperAttention(
+            embed_dim=self.embed_dim,
+            num_heads=config.encoder_attention_heads,
+            dropout=config.attention_dropout,
+            config=config,
+        )
+        for name, rank in (low_rank_config or {}).items():
+            owner = self if name in ("fc1", "fc2") else self.self_attn
+            setattr(owner, name, LowRankLinear(*LOW_RANK_SHAPES[name](config), rank))
+
+
+class LiteWhisperPreTrainedModel(WhisperPreTrainedModel):
+    config_class = LiteWhisperConfig
+    _no_split_modules = ["LiteWhisperEncoderLayer", "WhisperEncoderLayer", "WhisperDecoderLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, LowRankLinear):
+            init.normal_(module.weight1, mean=0.0, std=self.config.init_std)
+            init.normal_(module.weight2, mean=0.0, std=self.config.init_std)
+            init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but tensors that disagree with the config are an error naming them
+        (transformers only warns about missing ones). Pass ignore_mismatched_sizes=True to allow shape mismatches."""
+        want_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+        problems = [f"missing tensor {key}" for key in sorted(info["missing_keys"])]
+        if not ignore_mismatched:
+            problems += [
+                f"tensor {key} has shape {tuple(saved)} but the config expects {tuple(expected)}"
+                for key, saved, expected in sorted(info["mismatched_keys"])
+            ]
+        # A tensor the encoder does not expect means the checkpoint's ranks or dense/low-rank split differ.
+        problems += [
+            f"unexpected tensor {key}" for key in sorted(info["unexpected_keys"]) if ".encoder.layers." in key
+        ]
+        if problems:
+            raise ValueError(f"checkpoint does not match its low_rank_config: {'; '.join(problems)}")
+        return (model, info) if want_info else model
+
+
+class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
+    def __init__(self, config: LiteWhisperConfig):
+        super().__init__(config)
+        self.layers = nn.ModuleList(LiteWhisperEncoderLayer(config, ranks) for ranks in config.low_rank_config)
+        self.post_init()
+
+
+class LiteWhisperModel(LiteWhisperPreTrainedModel, WhisperModel):
+    def __init__(self, config: LiteWhisperConfig):
+        super().__init__(config)
+        self.encoder = LiteWhisperEncoder(config)
+        self.post_init()
+
+
+class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperForConditionalGeneration):
+    _tied_weights_keys = {"proj_out.weight": "model.decoder.embed_tokens.weight"}
+
+    def __init__(self, config: LiteWhisperConfig):
+        super().__init__(config)
+        self.model = LiteWhisperModel(config)
+        self.post_init()
+
+    @classmethod
+    def from_whisper(cls, model, low_rank_config, factors):
+        """Lite model from a dense `WhisperForConditionalGeneration` and factor tensors.
+
+        `factors` maps dense module names relative to the encoder ("layers.0.self_attn.q_proj", "layers.3.fc1") to
+        (weight1 [in, k], weight2 [k, out], bias [out]); exactly the names in `low_rank_config` must be present.
+        Everything else is copied from `model`, so the result shares no tensor with it. Factors are cast to the
+        dense model's dtype and device.
+        """
+        config_dict = model.config.to_dict()
+        for key in ("model_type", "architectures", "auto_map", "custom_pipelines", "_name_or_path"):
+            config_dict.pop(key, None)
+        config = LiteWhisperConfig(
+            **config_dict, low_rank_config=low_rank_config, architectures=["LiteWhisperForConditionalGeneration"]
+        )
+        config._attn_implementation = model.config._attn_implementation
+
+        expected = {f"layers.{i}.{'' if n in ('fc1', 'fc2') else 'self_attn.'}{n}": (n, r)
+                    for i, layer in enumerate(config.low_rank_config) for n, r in layer.items()}
+        if set(factors) != set(expected):
+            missing, extra = sorted(set(expected) - set(factors)), sorted(set(factors) - set(expected))
+            raise ValueError(f"factors do not match low_rank_config: missing {missing}, not in config {extra}")
+
+        weight = next(model.parameters())
+        state = {key: t.detach().clone() for key, t in model.state_dict().items() if ".encoder.layers." not in key}
+        for key, t in model.state_dict().items():
+            if ".encoder.layers." in key:
+                module = key.split(".encoder.", 1)[1].rsplit(".", 1)[0]
+                if module not in expected:
+                    state[key] = t.detach().clone()
+        for name, (w1, w2, b) in factors.items():
+            proj, rank = expected[name]
+            d_in, d_out = LOW_RANK_SHAPES[proj](config)
+            for part, tensor, shape in (("weight1", w1, (d_in, rank)), ("weight2", w2, (rank, d_out)), ("bias", b, (d_out,))):
+                if tuple(tensor.shape) != shape:
+                    raise ValueError(f"factors[{name!r}] {part} has shape {tuple(tensor.shape)}, expected {shape}")
+                state[f"model.encoder.{name}.{part}"] = tensor.detach().to(weight.device, weight.dtype, copy=True)
+
+        with torch.device("meta"):
+            lite = cls(config)
+        lite.load_state_dict(state, strict=True, assign=True)
+        lite.tie_weights()
+        lite.generation_config = copy.deepcopy(model.generation_config)
+        return lite.eval() if not model.training else lite
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Self-contained checkpoint: also writes auto_map, the ASR custom pipeline and the code files, so that
+        `trust_remote_code=True` alone loads it. Processor files are saved by the processor's owner (see
+        `liteasr_hf.save_lite_checkpoint`)."""
+        self.config.auto_map = {
+            "AutoConfig": "configuration_lite_whisper.LiteWhisperConfig",
+            "AutoModel": "modeling_lite_whisper.LiteWhisperForConditionalGeneration",
+            "AutoModelForSpeechSeq2Seq": "modeling_lite_whisper.LiteWhisperForConditionalGeneration",
+        }
+        self.config.custom_pipelines = {
+            "automatic-speech-recognition": {
+                "impl": f"pipeline_lite_whisper.{LiteWhisperASRPipeline.__name__}",
+                "pt": ["AutoModelForSpeechSeq2Seq"],
+                "type": "multimodal",
+            }
+        }
+        super().save_pretrained(save_directory, *args, **kwargs)
+        # This file and everything it imports by single-dot imports, as trust_remote_code will look for them.
+        for path in [__file__, *get_relative_import_files(__file__)]:
+            shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
+
+    def _prepare_decoder_input_ids_for_generation(self, batch_size, model_input_name, model_kwargs, *args, **kwargs):
+        # transformers prepends decoder_start_token_id to user decoder ids unless model_type == "whisper"; Whisper's
+        # generate builds them itself (<|startofprev|> prompt, language, task), so keep them as they are.
+        if model_kwargs is not None and "decoder_input_ids" in model_kwargs:
+            return model_kwargs.pop("decoder_input_ids"), model_kwargs
+        return super()._prepare_decoder_input_ids_for_generation(
+            batch_size, model_input_name, model_kwargs, *args, **kwargs
+        )
+
+
+__all__ = [
+    "LowRankLinear",
+    "LiteWhisperAttention",
+    "LiteWhisperEncoderLayer",
+    "LiteWhisperPreTrainedModel",
+    "LiteWhisperEncoder",
+    "LiteWhisperModel",
+    "LiteWhisperForConditionalGeneration",
+    "liteasr_attention_forward",
+]

@@ -1,0 +1,32 @@
+"""ASR pipeline for Lite-Whisper: the stock pipeline, taking the Whisper seq2seq path for lite models too.
+
+Ships inside checkpoints (trust_remote_code, config.json's `custom_pipelines`): single-dot imports only.
+The stock pipeline picks the Whisper path only for model_type == "whisper" and sends anything else to CTC.
+"""
+
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
+
+LITE_MODEL_TYPE = "lite-whisper"
+TASK = "automatic-speech-recognition"
+
+
+class LiteWhisperASRPipeline(AutomaticSpeechRecognitionPipeline):
+    def _sanitize_parameters(self, **kwargs):
+        # Pipeline.__init__ calls this right after AutomaticSpeechRecognitionPipeline.__init__ chose self.type, and
+        # before anything reads it: the one place to correct the choice without copying __init__.
+        if self.model.config.model_type == LITE_MODEL_TYPE:
+            self.type = "seq2seq_whisper"
+        return super()._sanitize_parameters(**kwargs)
+
+
+def register_asr_pipeline():
+    """Make pipeline("automatic-speech-recognition", ...) use LiteWhisperASRPipeline, which behaves exactly like the
+    stock class for every other model. Done in place so the task keeps its default model and model classes; a
+    pipeline someone else registered for the task is left alone."""
+    task = PIPELINE_REGISTRY.supported_tasks[TASK]
+    impl = task["impl"]
+    name = impl if isinstance(impl, str) else f"{impl.__module__}.{impl.__qualname__}"
+    stock = f"{AutomaticSpeechRecognitionPipeline.__module__}.{AutomaticSpeechRecognitionPipeline.__qualname__}"
+    if name == stock or name.endswith(f".{LiteWhisperASRPipeline.__qualname__}"):
+        task["impl"] = LiteWhisperASRPipeline

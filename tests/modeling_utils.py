@@ -1,0 +1,127 @@
+"""Tiny random Whisper models, exact factors and a minimal processor for the model tests (CPU, no network)."""
+
+import json
+import os
+
+import torch
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizer,
+)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+# 256 byte tokens, then Whisper's special tokens, then a few timestamp tokens.
+SPECIALS = [
+    "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|fr|>", "<|translate|>", "<|transcribe|>",
+    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>",
+] + [f"<|{i * 0.02:.2f}|>" for i in range(8)]
+IDS = {tok: 256 + i for i, tok in enumerate(SPECIALS)}
+VOCAB_SIZE = 256 + len(SPECIALS)
+CHUNK_SECONDS = 1  # feature extractor window: 100 mel frames -> 50 encoder positions
+SAMPLING_RATE = 16_000
+
+
+def tiny_config(**overrides) -> WhisperConfig:
+    kwargs = dict(
+        vocab_size=VOCAB_SIZE, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        max_source_positions=50, max_target_positions=32,
+        decoder_start_token_id=IDS["<|startoftranscript|>"], bos_token_id=IDS["<|endoftext|>"],
+        eos_token_id=IDS["<|endoftext|>"], pad_token_id=IDS["<|endoftext|>"], begin_suppress_tokens=None,
+    )
+    kwargs.update(overrides)
+    return WhisperConfig(**kwargs)
+
+
+def tiny_generation_config() -> GenerationConfig:
+    return GenerationConfig(
+        decoder_start_token_id=IDS["<|startoftranscript|>"], bos_token_id=IDS["<|endoftext|>"],
+        eos_token_id=IDS["<|endoftext|>"], pad_token_id=IDS["<|endoftext|>"],
+        is_multilingual=True, lang_to_id={"<|en|>": IDS["<|en|>"], "<|fr|>": IDS["<|fr|>"]},
+        task_to_id={"transcribe": IDS["<|transcribe|>"], "translate": IDS["<|translate|>"]},
+        no_timestamps_token_id=IDS["<|notimestamps|>"], prev_sot_token_id=IDS["<|startofprev|>"],
+        max_initial_timestamp_index=5, max_length=32, suppress_tokens=[], begin_suppress_tokens=None,
+        forced_decoder_ids=None,
+    )
+
+
+def tiny_whisper(seed=0, dtype=torch.float32, **overrides) -> WhisperForConditionalGeneration:
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(tiny_config(**overrides)).to(dtype).eval()
+    # Random weights at init scale decode nothing but <|endoftext|>; larger ones give varied tokens to compare.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    model.generation_config = tiny_generation_config()
+    return model
+
+
+def module_name(layer, name):
+    return f"layers.{layer}.{'' if name in ('fc1', 'fc2') else 'self_attn.'}{name}"
+
+
+def exact_factors(model, low_rank_config):
+    """weight1 [in, k], weight2 [k, out], bias [out] with weight1 @ weight2 == W^T exactly (k = min(in, out))."""
+    encoder = model.model.encoder
+    factors = {}
+    for i, layer in enumerate(low_rank_config):
+        for name in layer:
+            linear = encoder.get_submodule(module_name(i, name))
+            w = linear.weight.detach()  # [out, in]
+            d_out, d_in = w.shape
+            bias = linear.bias.detach() if linear.bias is not None else torch.zeros(d_out, dtype=w.dtype)
+            if d_in <= d_out:
+                factors[module_name(i, name)] = (torch.eye(d_in, dtype=w.dtype), w.T.clone(), bias.clone())
+            else:
+                factors[module_name(i, name)] = (w.T.clone(), torch.eye(d_out, dtype=w.dtype), bias.clone())
+    return factors
+
+
+def random_factors(model, low_rank_config, seed=1, scale=0.2):
+    gen = torch.Generator().manual_seed(seed)
+    config = model.config
+    factors = {}
+    for i, layer in enumerate(low_rank_config):
+        for name, rank in layer.items():
+            d_in = config.encoder_ffn_dim if name == "fc2" else config.d_model
+            d_out = config.encoder_ffn_dim if name == "fc1" else config.d_model
+            dtype = next(model.parameters()).dtype
+            factors[module_name(i, name)] = tuple(
+                torch.randn(*shape, generator=gen, dtype=torch.float64).mul(s).to(dtype)
+                for shape, s in (((d_in, rank), scale), ((rank, d_out), scale), ((d_out,), scale))
+            )
+    return factors
+
+
+def full_ranks(config, names=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")):
+    sizes = {"fc1": (config.d_model, config.encoder_ffn_dim), "fc2": (config.encoder_ffn_dim, config.d_model)}
+    return [{n: min(sizes.get(n, (config.d_model, config.d_model))) for n in names}
+            for _ in range(config.encoder_layers)]
+
+
+def tiny_processor(out_dir) -> WhisperProcessor:
+    """A byte-level Whisper tokenizer over the tiny vocabulary (no merges) and a 1-second feature extractor."""
+    os.makedirs(out_dir, exist_ok=True)
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    with open(os.path.join(out_dir, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(out_dir, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    tokenizer = WhisperTokenizer(
+        os.path.join(out_dir, "vocab.json"), os.path.join(out_dir, "merges.txt"),
+        unk_token="<|endoftext|>", bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
+    assert all(tokenizer.convert_tokens_to_ids(t) == i for t, i in IDS.items()), "tiny vocabulary out of order"
+    extractor = WhisperFeatureExtractor(feature_size=80, chunk_length=CHUNK_SECONDS, sampling_rate=SAMPLING_RATE)
+    return WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer)
+
+
+def tiny_audio(seed=0, seconds=0.8):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(int(seconds * SAMPLING_RATE), generator=gen) * 0.1).numpy()

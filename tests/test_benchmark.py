@@ -1,0 +1,57 @@
+"""scripts/benchmark.py runs on the CPU with tiny settings and writes well-formed JSON (no timing asserts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "benchmark.py")
+
+
+def run_benchmark(tmp_path, *extra):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ)
+    # CPU users get the PyTorch reference path; the interpreted kernel would only make this slow.
+    env.pop("TRITON_INTERPRET", None)
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    cmd = [sys.executable, SCRIPT, "--device", "cpu", "--model", "tiny", "--batch", "1", "--frames", "200",
+           "--warmup", "0", "--iters", "1", "--json", str(out), *extra]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_benchmark_cpu_json(tmp_path):
+    result, stdout = run_benchmark(tmp_path, "--core-ranks", "16", "48", "--core-shape", "1", "2", "64")
+    rows = result["encoder"]
+    variants = {r["variant"] for r in rows}
+    assert {"dense", "lite", "lite-sdpa"} <= variants
+    assert all(r["ms"] > 0 and r["ratio"] > 0 and r["mode"] == "eager" and r["batch"] == 1 for r in rows)
+    assert next(r for r in rows if r["variant"] == "dense")["ratio"] == 1.0
+    lite = next(r for r in rows if r["variant"] == "lite")
+    assert 0 < lite["params_fraction"] < 1  # c-like ranks shrink the encoder
+    assert result["weights"].startswith("random")
+    assert len(result["low_rank_config"]["tiny"]) == 4  # one dict per tiny encoder layer
+    core = result["attention_core"]
+    assert {r["rank"] for r in core} >= {16, 48}
+    assert all(r["ms"] > 0 and r["ratio"] > 0 for r in core)
+    assert all(r["impl"] in ("sdpa", "reference") for r in core)  # CPU without the interpreter: no kernel
+    assert "| dense |" in stdout and "speedup vs dense" in stdout
+
+
+def test_benchmark_rank_profile_from_checkpoint_config(tmp_path):
+    ranks = [dict(q_proj=32, k_proj=32, v_proj=48, fc1=64) for _ in range(2)]
+    cfg = dict(model_type="lite-whisper", d_model=128, encoder_layers=2, encoder_attention_heads=2,
+               encoder_ffn_dim=256, num_mel_bins=80, low_rank_config=ranks)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    result, _ = run_benchmark(tmp_path, "--ranks", str(tmp_path / "ckpt"), "--no-naive", "--core-ranks")
+    assert result["low_rank_config"]["checkpoint"] == ranks
+    assert {r["variant"] for r in result["encoder"]} == {"dense", "lite"}
+    assert result["attention_core"] == []
+
+
+def test_benchmark_help():
+    proc = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--ranks" in proc.stdout and "c-like" in proc.stdout

@@ -1,0 +1,184 @@
+"""Self-contained lite checkpoints: save -> load, trust_remote_code without the package, the published LiteASR layout,
+the ASR pipeline, and errors for checkpoints that disagree with their config."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForSpeechSeq2Seq, pipeline
+
+from liteasr_hf import LiteWhisperASRPipeline, LiteWhisperForConditionalGeneration, save_lite_checkpoint
+from liteasr_hf.lite_whisper import complete_generation_config
+from modeling_utils import random_factors, tiny_audio, tiny_processor, tiny_whisper
+
+RANKS = [{"q_proj": 4, "k_proj": 6, "v_proj": 5, "fc1": 10}, {"k_proj": 3, "out_proj": 8}]
+GREEDY = {"max_new_tokens": 8, "num_beams": 1}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """(lite model, processor, checkpoint folder, expected tokens, expected text) for one tiny lite model."""
+    root = tmp_path_factory.mktemp("lite")
+    dense = tiny_whisper()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, RANKS, random_factors(dense, RANKS))
+    processor = tiny_processor(root / "tokenizer-src")
+    folder = save_lite_checkpoint(lite, str(root / "checkpoint"), processor=processor)
+    features = processor(tiny_audio(), sampling_rate=16_000, return_tensors="pt").input_features
+    tokens = lite.generate(features, **GREEDY)
+    text = processor.tokenizer.decode(tokens[0], skip_special_tokens=True)
+    return lite, processor, folder, features, tokens, text
+
+
+def test_checkpoint_is_self_contained(saved):
+    _, _, folder, *_ = saved
+    files = set(os.listdir(folder))
+    code = {"configuration_lite_whisper.py", "modeling_lite_whisper.py", "attention_lite_whisper.py",
+            "pipeline_lite_whisper.py"}
+    assert code | {"config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"} <= files
+    config = json.load(open(os.path.join(folder, "config.json")))
+    assert config["model_type"] == "lite-whisper" and config["low_rank_config"] == RANKS
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSpeechSeq2Seq"}
+    assert config["custom_pipelines"]["automatic-speech-recognition"]["impl"] == "pipeline_lite_whisper.LiteWhisperASRPipeline"
+    generation = json.load(open(os.path.join(folder, "generation_config.json")))
+    assert {"lang_to_id", "task_to_id", "no_timestamps_token_id", "is_multilingual"} <= set(generation)
+    for name in code:  # flat: siblings by single-dot imports, nothing from the package
+        source = open(os.path.join(folder, name)).read()
+        assert not re.search(r"^\s*(from|import)\s+(liteasr_hf|\.\.)", source, re.M), name
+
+
+def test_round_trip_with_package(saved):
+    lite, processor, folder, features, tokens, text = saved
+    for auto in (AutoModelForSpeechSeq2Seq, AutoModel):
+        loaded = auto.from_pretrained(folder)
+        assert type(loaded) is LiteWhisperForConditionalGeneration
+        for key, value in lite.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+        assert torch.equal(loaded.generate(features, **GREEDY), tokens)
+    fast = AutoModel.from_pretrained(folder, attn_implementation="liteasr")
+    assert torch.equal(fast.generate(features, **GREEDY), tokens)
+    # pipeline() from the folder needs no trust_remote_code with the package installed, nor does a model object.
+    asr = pipeline("automatic-speech-recognition", model=folder)
+    assert isinstance(asr, LiteWhisperASRPipeline) and asr.type == "seq2seq_whisper"
+    assert asr(tiny_audio(), generate_kwargs=GREEDY)["text"] == text
+    asr = pipeline("automatic-speech-recognition", model=lite, tokenizer=processor.tokenizer,
+                   feature_extractor=processor.feature_extractor)
+    assert asr(tiny_audio(), generate_kwargs=GREEDY)["text"] == text
+
+
+FRESH_PROCESS = r"""
+import json, sys
+sys.modules["liteasr_hf"] = None  # an editable install would make it importable even in isolated mode
+try:
+    import liteasr_hf
+except ImportError:
+    pass
+else:
+    raise SystemExit("liteasr_hf is importable")
+import torch
+from transformers import AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
+folder, features, audio = sys.argv[1], torch.load(sys.argv[2]), torch.load(sys.argv[3]).numpy()
+greedy = {"max_new_tokens": 8, "num_beams": 1}
+out = {}
+for name, auto in (("seq2seq", AutoModelForSpeechSeq2Seq), ("auto", AutoModel)):
+    model = auto.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    out[name] = model.generate(features, **greedy).tolist()
+model = AutoModel.from_pretrained(folder, trust_remote_code=True, attn_implementation="liteasr")
+out["liteasr"] = model.generate(features, **greedy).tolist()
+out["pipeline"] = pipeline("automatic-speech-recognition", model=folder, trust_remote_code=True)(
+    audio, generate_kwargs=greedy)["text"]
+processor = AutoProcessor.from_pretrained(folder)
+asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+               feature_extractor=processor.feature_extractor, trust_remote_code=True)
+out["pipeline_object"] = asr(audio, generate_kwargs=greedy)["text"]
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_fresh_process_without_package_trust_remote_code(saved, tmp_path):
+    _, _, folder, features, tokens, text = saved
+    torch.save(features, tmp_path / "features.pt")
+    torch.save(torch.from_numpy(tiny_audio()), tmp_path / "audio.pt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false")
+    # -I: no cwd, PYTHONPATH or user site on sys.path; cwd is a scratch folder outside the repository.
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", FRESH_PROCESS, folder, str(tmp_path / "features.pt"), str(tmp_path / "audio.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.split("RESULT", 1)[1])
+    for name in ("seq2seq", "auto", "liteasr"):
+        assert out[name] == tokens.tolist(), name
+    assert out["pipeline"] == text and out["pipeline_object"] == text
+
+
+def published_layout(folder, out):
+    """Rewrite a checkpoint as efficient-speech/lite-whisper-* ship it: auto_map with AutoConfig and AutoModel only,
+    no custom pipeline, their two code files, no processor files, a generation config without Whisper's fields."""
+    os.makedirs(out)
+    config = json.load(open(os.path.join(folder, "config.json")))
+    config["auto_map"] = {"AutoConfig": "configuration_lite_whisper.LiteWhisperConfig",
+                          "AutoModel": "modeling_lite_whisper.LiteWhisperForConditionalGeneration"}
+    del config["custom_pipelines"]
+    json.dump(config, open(os.path.join(out, "config.json"), "w"))
+    generation = json.load(open(os.path.join(folder, "generation_config.json")))
+    generation = {k: v for k, v in generation.items() if k in ("bos_token_id", "decoder_start_token_id", "eos_token_id", "pad_token_id")}
+    json.dump(generation, open(os.path.join(out, "generation_config.json"), "w"))
+    for name in ("model.safetensors", "configuration_lite_whisper.py", "modeling_lite_whisper.py"):
+        with open(os.path.join(folder, name), "rb") as src, open(os.path.join(out, name), "wb") as dst:
+            dst.write(src.read())
+    return str(out)
+
+
+def test_published_layout_loads_through_package(saved, tmp_path):
+    lite, processor, folder, features, tokens, text = saved
+    published = published_layout(folder, tmp_path / "published")
+    for auto in (AutoModel, AutoModelForSpeechSeq2Seq):
+        model = auto.from_pretrained(published)
+        assert type(model) is LiteWhisperForConditionalGeneration
+    assert not hasattr(model.generation_config, "lang_to_id") or model.generation_config.lang_to_id is None
+    assert "lang_to_id" in complete_generation_config(model, lite.generation_config)
+    assert torch.equal(model.generate(features, **GREEDY), tokens)
+    assert torch.equal(model.generate(features, language="en", task="transcribe", **GREEDY),
+                       lite.generate(features, language="en", task="transcribe", **GREEDY))
+    # Re-saving with the processor makes it self-contained.
+    resaved = save_lite_checkpoint(model, str(tmp_path / "resaved"), processor=processor)
+    asr = pipeline("automatic-speech-recognition", model=resaved)
+    assert asr(tiny_audio(), generate_kwargs=GREEDY)["text"] == text
+
+
+def corrupt(folder, out, edit_tensors=None, edit_config=None):
+    os.makedirs(out)
+    tensors = load_file(os.path.join(folder, "model.safetensors"))
+    config = json.load(open(os.path.join(folder, "config.json")))
+    edit_tensors and edit_tensors(tensors)
+    edit_config and edit_config(config)
+    save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    json.dump(config, open(os.path.join(out, "config.json"), "w"))
+    return str(out)
+
+
+@pytest.mark.parametrize(
+    "edit_tensors, edit_config, message",
+    [
+        (lambda t: t.pop("model.encoder.layers.0.self_attn.q_proj.weight2"), None,
+         "missing tensor model.encoder.layers.0.self_attn.q_proj.weight2"),
+        (lambda t: t.update({"model.encoder.layers.1.fc1.weight": torch.zeros(100, 64)}), None,
+         "tensor model.encoder.layers.1.fc1.weight has shape (100, 64) but the config expects (128, 64)"),
+        (None, lambda c: c["low_rank_config"][0].update(q_proj=5),
+         "tensor model.encoder.layers.0.self_attn.q_proj.weight1 has shape (64, 4) but the config expects (64, 5)"),
+        (None, lambda c: c["low_rank_config"][1].pop("out_proj"),
+         "missing tensor model.encoder.layers.1.self_attn.out_proj.weight"),
+    ],
+)
+def test_checkpoint_disagreeing_with_config_is_an_error(saved, tmp_path, edit_tensors, edit_config, message):
+    folder = corrupt(saved[2], tmp_path / "bad", edit_tensors, edit_config)
+    with pytest.raises(ValueError) as err:
+        AutoModelForSpeechSeq2Seq.from_pretrained(folder)
+    assert message in str(err.value)

@@ -1,0 +1,251 @@
+"""The Triton attention-core kernel against the PyTorch reference.
+
+CPU: the kernel runs in Triton's interpreter, which needs TRITON_INTERPRET=1 in the environment before
+triton is imported (``make test`` sets it); without it these tests skip. GPU: full encoder shapes,
+skipped without CUDA (run with ``make test TRITON_INTERPRET=0`` on a GPU machine).
+
+Tolerance (FlashAttention's rule): the kernel's max-abs error against a high-precision reference
+(float64 on the same inputs) must be at most twice the error of PyTorch's own attention in the same
+dtype (``attention_core_reference``, i.e. SDPA, on the same inputs), plus a tiny epsilon -- one unit
+in the last place of the dtype at 1.0 -- that absorbs the case where PyTorch happens to be near-exact.
+Measured in the interpreter: fp32 kernel error 0.5-1.1x PyTorch's; bf16 ~1.8-2.0x (the kernel rounds the
+softmax probabilities to bf16 before the P.V product, as FlashAttention does, while PyTorch's CPU SDPA
+keeps them in fp32), so the bar is tighter than FlashAttention's own (its baseline is GPU math-mode
+attention with bf16 intermediates).
+"""
+
+import pytest
+import torch
+
+from liteasr_hf.lite_whisper.attention_lite_whisper import (
+    attention_core,
+    attention_core_op,
+    attention_core_reference,
+    kernel_available,
+)
+from liteasr_hf.lite_whisper.triton_attention_lite_whisper import (
+    HAS_TRITON,
+    attention_core_triton,
+    interpreter_enabled,
+    split_dim,
+    supported,
+)
+
+needs_interpreter = pytest.mark.skipif(
+    not (HAS_TRITON and interpreter_enabled()),
+    reason="CPU kernel tests need triton and TRITON_INTERPRET=1 set before triton is imported "
+    "(run `make test`, or `TRITON_INTERPRET=1 python -m pytest tests/test_kernel.py`)",
+)
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and HAS_TRITON and not interpreter_enabled()),
+    reason="needs CUDA, triton and TRITON_INTERPRET unset (`make test TRITON_INTERPRET=0` on a GPU machine)",
+)
+
+# The tiny epsilon of the tolerance rule, in units of the dtype's machine epsilon (outputs are O(1)).
+EPS_ULPS = 1
+
+
+def make_inputs(B, H, Tq, Tk, dqk, dv, hk, hv, bias, dtype, device="cpu", seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    q = rnd(B, H, Tq, dqk, scale=dqk**-0.5 * 2.0)  # scale folded in; x2 gives peaky softmaxes
+    k = rnd(B, hk, Tk, dqk)
+    v = rnd(B, hv, Tk, dv)
+    kb = rnd(B, H, Tk) if bias else None
+    return q, k, v, kb
+
+
+def check_fa_rule(out, q, k, v, kb):
+    """Kernel error vs a high-precision reference <= 2 x (PyTorch same-dtype error) + EPS_ULPS ulps.
+
+    The reference runs on the inputs' device: float64 for fp32 inputs or on the CPU, float32 (TF32 off)
+    for fp16/bf16 on a GPU, as in FlashAttention's tests (a float64 CPU reference at 8 x 20 x 1500^2
+    would take minutes)."""
+    hi = torch.float64 if (q.dtype == torch.float32 or q.device.type == "cpu") else torch.float32
+    up = lambda t: None if t is None else t.to(hi)  # noqa: E731
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        truth = attention_core_reference(up(q), up(k), up(v), up(kb)).double()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch_same = attention_core_reference(q, k, v, kb).double()
+    assert out.shape == truth.shape and out.dtype == q.dtype
+    err_kernel = (out.double() - truth).abs().max().item()
+    err_torch = (torch_same - truth).abs().max().item()
+    tol = 2.0 * err_torch + EPS_ULPS * torch.finfo(q.dtype).eps
+    assert err_kernel <= tol, f"kernel err {err_kernel:.3g} > 2 x torch err {err_torch:.3g} + eps (tol {tol:.3g})"
+    return err_kernel, err_torch
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure-Python pieces (no triton needed)
+
+
+@pytest.mark.parametrize(
+    "d,expect",
+    [(16, (16, 0)), (32, (32, 0)), (48, (32, 16)), (64, (64, 0)), (80, (64, 16)), (96, (64, 32)),
+     (112, (64, 64)), (304, (256, 64)), (320, (256, 64)), (336, (256, 128)), (480, (256, 256))],
+)
+def test_split_dim(d, expect):
+    d0, d1 = split_dim(d)
+    assert (d0, d1) == expect
+    assert d0 + d1 >= d and d0 & (d0 - 1) == 0 and (d1 == 0 or (d1 >= 16 and d1 & (d1 - 1) == 0))
+    assert d0 + d1 - d < d / 3 + 1  # padding waste stays under a third
+
+
+def test_split_dim_rejects_non_multiple_of_16():
+    with pytest.raises(ValueError):
+        split_dim(40)
+
+
+def test_supported_shapes():
+    q, k, v, kb = make_inputs(2, 3, 5, 7, 32, 16, 1, 3, True, torch.float32)
+    assert supported(q, k, v, kb)
+    assert not supported(q, k, v, kb[:, :1])  # bias must be per head
+    assert not supported(q[..., :24], k[..., :24], v, kb)  # 24 is not a multiple of 16
+    assert not supported(q.double(), k.double(), v.double(), kb)
+    assert not supported(q, torch.randn(2, 2, 7, 32), v, kb)  # k heads must be 1 or H
+
+
+def test_reference_path_without_kernel(monkeypatch):
+    """LITEASR_ATTENTION=reference (and any machine without the kernel) gives the reference exactly."""
+    monkeypatch.setenv("LITEASR_ATTENTION", "reference")
+    q, k, v, kb = make_inputs(1, 2, 9, 9, 16, 16, 1, 1, True, torch.float32)
+    assert not kernel_available("cpu")
+    torch.testing.assert_close(attention_core(q, k, v, kb), attention_core_reference(q, k, v, kb), rtol=0, atol=0)
+
+
+def test_gradient_goes_through_reference():
+    """The kernel has no backward: with requires_grad the dispatcher uses the (differentiable) reference."""
+    q, k, v, kb = make_inputs(1, 2, 9, 9, 16, 16, 1, 2, True, torch.float32)
+    q.requires_grad_(True)
+    attention_core(q, k, v, kb).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_fake_impl_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q, k, v = torch.empty(2, 3, 11, 48), torch.empty(2, 1, 13, 48), torch.empty(2, 1, 13, 80)
+        out = attention_core_op(q, k, v, torch.empty(2, 3, 13))
+    assert tuple(out.shape) == (2, 3, 11, 80) and out.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# The kernel in Triton's CPU interpreter: small shapes (the interpreter is slow)
+
+# (B, H, Tq, Tk, dqk, dv, hk, hv, bias, dtype)
+H = 3
+CASES = [
+    (2, H, 37, 37, 16, 16, 1, 1, False, torch.float32),   # shared k/v, power-of-two ranks
+    (2, H, 37, 37, 48, 80, 1, 1, True, torch.float32),    # two-chunk ranks (32+16, 64+16), bias
+    (2, H, 70, 70, 80, 48, H, 1, True, torch.float32),    # per-head k, shared v, tail block
+    (2, H, 70, 70, 48, 16, 1, H, False, torch.float32),   # shared k, per-head v
+    (2, H, 70, 70, 64, 64, H, H, True, torch.float32),    # dense-like: per-head everything
+    (1, H, 20, 70, 96, 32, 1, 1, True, torch.float32),    # Tq != Tk, Tq below one tile
+    (2, H, 37, 37, 16, 16, 1, 1, True, torch.bfloat16),
+    (2, H, 37, 37, 48, 80, 1, 1, True, torch.bfloat16),
+    (2, H, 70, 70, 80, 48, H, 1, False, torch.bfloat16),
+    (2, H, 70, 70, 48, 48, 1, H, True, torch.bfloat16),
+    (2, H, 37, 37, 32, 64, H, H, True, torch.float16),
+    (1, 2, 21, 21, 48, 304, 1, 1, True, torch.float32),   # wide rank-space v (256 + 64 chunks)
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}H{}Tq{}Tk{}-qk{}-v{}-hk{}-hv{}-{}-{}".format(
+    *c[:8], "bias" if c[8] else "nobias", str(c[9]).split(".")[-1]))
+def test_kernel_matches_reference_interpreter(case):
+    B, Hh, Tq, Tk, dqk, dv, hk, hv, bias, dtype = case
+    q, k, v, kb = make_inputs(B, Hh, Tq, Tk, dqk, dv, hk, hv, bias, dtype)
+    out = attention_core_triton(q, k, v, kb)
+    check_fa_rule(out, q, k, v, kb)
+
+
+@needs_interpreter
+def test_kernel_strided_and_expanded_operands():
+    """Non-contiguous q (a [B, T, H, D] projection viewed as heads), k expanded with stride 0 over
+    heads, v a column slice of a fused projection, bias broadcast with stride 0 over batch."""
+    B, Hh, T, dqk, dv = 2, 3, 37, 32, 48
+    g = torch.Generator().manual_seed(1)
+    q = (torch.randn(B, T, Hh, dqk, generator=g) * dqk**-0.5).transpose(1, 2)  # strides (T*H*D, D, H*D, 1)
+    fused = torch.randn(B, T, dqk + dv + 16, generator=g)  # [k | v | other] as from one GEMM
+    k = fused[..., :dqk].unsqueeze(1).expand(B, Hh, T, dqk)
+    v = fused[..., dqk:dqk + dv].unsqueeze(1)
+    kb = torch.randn(1, Hh, T, generator=g).expand(B, Hh, T)
+    assert not q.is_contiguous() and k.stride(1) == 0 and kb.stride(0) == 0
+    check_fa_rule(attention_core_triton(q, k, v, kb), q, k, v, kb)
+
+
+@needs_interpreter
+def test_dispatch_uses_kernel_under_interpreter():
+    q, k, v, kb = make_inputs(1, 2, 17, 17, 16, 32, 1, 1, True, torch.float32)
+    assert kernel_available("cpu")
+    torch.testing.assert_close(attention_core(q, k, v, kb), attention_core_triton(q, k, v, kb), rtol=0, atol=0)
+
+
+@needs_interpreter
+def test_opcheck_custom_op():
+    """Schema, fake tensor, and AOT dispatch checks of liteasr::attention_core (runs the kernel)."""
+    q, k, v, kb = make_inputs(1, 2, 17, 17, 16, 32, 1, 1, True, torch.float32)
+    torch.library.opcheck(attention_core_op.default, (q, k, v, kb))
+    torch.library.opcheck(attention_core_op.default, (q, k, v, None))
+
+
+@needs_interpreter
+def test_compile_traces_custom_op():
+    q, k, v, kb = make_inputs(1, 2, 17, 17, 16, 32, 1, 1, True, torch.float32)
+    eager = attention_core(q, k, v, kb)
+    compiled = torch.compile(lambda *a: attention_core(*a) * 2.0, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(q, k, v, kb), eager * 2.0, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU: the full encoder shapes (large-v3: 20 heads, 1500 frames)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rank", [16, 32, 48, 64, 80, 96])
+def test_kernel_full_shapes_gpu(rank, dtype):
+    B, Hh, T = 8, 20, 1500
+    # rank-space k (shared), per-head v of head_dim 64, bias; and rank-space v of the same rank
+    q, k, v, kb = make_inputs(B, Hh, T, T, rank, 64, 1, Hh, True, dtype, device="cuda")
+    check_fa_rule(attention_core(q, k, v, kb), q, k, v, kb)
+    q, k, v, kb = make_inputs(B, Hh, T, T, rank, rank, 1, 1, False, dtype, device="cuda", seed=1)
+    check_fa_rule(attention_core(q, k, v, kb), q, k, v, kb)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_kernel_wide_v_gpu():
+    q, k, v, kb = make_inputs(2, 20, 1500, 1500, 48, 304, 1, 1, True, torch.float16, device="cuda")
+    check_fa_rule(attention_core(q, k, v, kb), q, k, v, kb)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_kernel_fp32_gpu():
+    q, k, v, kb = make_inputs(2, 4, 333, 333, 48, 80, 1, 4, True, torch.float32, device="cuda")
+    check_fa_rule(attention_core(q, k, v, kb), q, k, v, kb)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_compile_and_cuda_graph_gpu():
+    q, k, v, kb = make_inputs(1, 20, 1500, 1500, 32, 64, 1, 20, True, torch.float16, device="cuda")
+    eager = attention_core(q, k, v, kb)  # also autotunes before capture
+    compiled = torch.compile(lambda *a: attention_core(*a), fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, kb), eager, rtol=0, atol=0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention_core(q, k, v, kb)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)

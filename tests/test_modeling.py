@@ -1,0 +1,164 @@
+"""Lite-Whisper models in-process: config validation, from_whisper, rank-space attention, liteasr masks, generate."""
+
+import pytest
+import torch
+
+import liteasr_hf
+from liteasr_hf import LiteWhisperConfig, LiteWhisperForConditionalGeneration, LowRankLinear
+from liteasr_hf.lite_whisper import modeling_lite_whisper
+from modeling_utils import exact_factors, full_ranks, module_name, random_factors, tiny_config, tiny_whisper
+
+MIXED_RANKS = [  # head_dim is 16: ranks below it take the rank-space route, the 20s and dense sides do not
+    [{"q_proj": 4, "k_proj": 6, "v_proj": 5, "fc1": 10}, {"k_proj": 3, "v_proj": 20, "out_proj": 8}],
+    [{"q_proj": 3, "k_proj": 9, "fc2": 7}, {"q_proj": 5, "v_proj": 2}],
+    [{"q_proj": 7, "k_proj": 20}, {"q_proj": 20, "k_proj": 20, "v_proj": 20}],
+]
+
+
+def tiny_kwargs():
+    return {k: v for k, v in tiny_config().to_dict().items() if k != "model_type"}
+
+
+def mel(batch=2, dtype=torch.float32, seed=0):
+    return torch.randn(batch, 80, 100, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize(
+    "low_rank_config, message",
+    [
+        ([{}], "2 layers"),
+        ([{}, {"gate_proj": 4}], "low_rank_config[1]['gate_proj']: unknown projection"),
+        ([{"q_proj": 0}, {}], "low_rank_config[0]['q_proj']: rank must be an int in [1, 64]"),
+        ([{}, {"fc1": 65}], "low_rank_config[1]['fc1']: rank must be an int in [1, 64]"),
+        ([{}, {"fc2": 4.0}], "low_rank_config[1]['fc2']"),
+        ([{"k_proj": True}, {}], "low_rank_config[0]['k_proj']"),
+    ],
+)
+def test_config_validation_names_layer_and_key(low_rank_config, message):
+    with pytest.raises(ValueError) as err:
+        LiteWhisperConfig(**tiny_kwargs(), low_rank_config=low_rank_config)
+    assert message in str(err.value)
+
+
+def test_config_defaults_dense_and_round_trips():
+    config = LiteWhisperConfig(encoder_layers=3)
+    assert config.model_type == "lite-whisper" and config.low_rank_config == [{}, {}, {}]
+    config = LiteWhisperConfig(low_rank_config=[{"fc1": 8}] * 4)
+    assert LiteWhisperConfig.from_dict(config.to_dict()).low_rank_config == [{"fc1": 8}] * 4
+
+
+def test_full_rank_exact_factors_reproduce_dense():
+    dense = tiny_whisper()
+    ranks = full_ranks(dense.config)
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, ranks, exact_factors(dense, ranks))
+    assert all(isinstance(lite.model.encoder.get_submodule(module_name(i, n)), LowRankLinear)
+               for i, layer in enumerate(ranks) for n in layer)
+    x = mel()
+    with torch.no_grad():
+        torch.testing.assert_close(lite.model.encoder(x).last_hidden_state, dense.model.encoder(x).last_hidden_state,
+                                   rtol=1e-5, atol=1e-5)
+    assert torch.equal(lite.generate(x, max_new_tokens=8), dense.generate(x, max_new_tokens=8))
+    # Whisper's prompt, language and task handling is keyed on model_type == "whisper" in transformers.
+    prompt = torch.tensor([dense.generation_config.prev_sot_token_id, 72, 105])
+    kwargs = dict(max_new_tokens=6, prompt_ids=prompt, language="fr", task="transcribe")
+    assert torch.equal(lite.generate(x[:1], **kwargs), dense.generate(x[:1], **kwargs))
+
+
+def test_from_whisper_copies_and_checks_factors():
+    dense = tiny_whisper()
+    ranks = [{"q_proj": 4}, {"fc2": 8}]
+    factors = random_factors(dense, ranks)
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, ranks, factors)
+    assert lite.config.low_rank_config == ranks and lite.config.model_type == "lite-whisper"
+    assert lite.generation_config.lang_to_id == dense.generation_config.lang_to_id
+    assert lite.generation_config is not dense.generation_config
+    # Shares nothing mutable with the dense model or the factors.
+    dense_ptrs = {t.data_ptr() for t in dense.state_dict().values()}
+    dense_ptrs |= {t.data_ptr() for f in factors.values() for t in f}
+    assert not dense_ptrs & {t.data_ptr() for t in lite.state_dict().values()}
+    assert torch.equal(lite.model.encoder.layers[1].fc2.weight1, factors["layers.1.fc2"][0])
+    assert torch.equal(lite.model.encoder.layers[1].self_attn.q_proj.weight, dense.model.encoder.layers[1].self_attn.q_proj.weight)
+    assert lite.proj_out.weight is lite.model.decoder.embed_tokens.weight  # tied as in Whisper
+
+    with pytest.raises(ValueError, match="layers.1.fc2"):
+        LiteWhisperForConditionalGeneration.from_whisper(dense, ranks, {"layers.0.self_attn.q_proj": factors["layers.0.self_attn.q_proj"]})
+    bad = dict(factors, **{"layers.1.fc2": (factors["layers.1.fc2"][0][:, :4],) + factors["layers.1.fc2"][1:]})
+    with pytest.raises(ValueError, match=r"factors\['layers.1.fc2'\] weight1 has shape \(128, 4\), expected \(128, 8\)"):
+        LiteWhisperForConditionalGeneration.from_whisper(dense, ranks, bad)
+
+
+@pytest.mark.parametrize("low_rank_config", MIXED_RANKS)
+def test_rank_space_attention_matches_dense_attention(low_rank_config, monkeypatch):
+    """float64; the rank-space route reassociates the same products, so agreement is to ~1e-15 (tolerance 1e-12)."""
+    dense = tiny_whisper(dtype=torch.float64)
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, low_rank_config, random_factors(dense, low_rank_config))
+    calls = []
+    core = modeling_lite_whisper.attention_core
+    monkeypatch.setattr(modeling_lite_whisper, "attention_core", lambda *a: calls.append(a) or core(*a))
+    hidden = torch.randn(2, 50, 64, dtype=torch.float64)
+    for layer, ranks in zip(lite.model.encoder.layers, low_rank_config):
+        attn = layer.self_attn
+        lite.set_attn_implementation("eager")
+        with torch.no_grad():
+            reference = attn(hidden)[0]
+        lite.set_attn_implementation("liteasr")
+        calls.clear()
+        with torch.no_grad():
+            out = attn(hidden)[0]
+        torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+        qk = min([r for n, r in ranks.items() if n in ("q_proj", "k_proj")], default=16) < 16
+        v = ranks.get("v_proj", 16) < 16
+        assert len(calls) == (qk or v)  # the rank-space route ran exactly when it pays
+        if calls:
+            q, k, v_op, key_bias = calls[0]
+            assert q.shape[:2] == (2, 4) and (k.shape[1] == 1) == (qk and ranks.get("k_proj", 16) <= ranks.get("q_proj", 16))
+            assert v_op.shape[1] == (1 if v else 4) and (key_bias is not None) == (qk and "q_proj" in ranks)
+    # The whole encoder agrees too, and attention weights fall back to the eager path.
+    x = mel(dtype=torch.float64)
+    with torch.no_grad():
+        fast = lite.model.encoder(x).last_hidden_state
+        weights = lite.model.encoder(x, output_attentions=True)
+        lite.set_attn_implementation("eager")
+        slow = lite.model.encoder(x, output_attentions=True)
+    torch.testing.assert_close(fast, slow.last_hidden_state, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weights.attentions, slow.attentions, rtol=1e-12, atol=1e-12)
+
+
+def test_liteasr_honours_decoder_padding_mask():
+    dense = tiny_whisper()
+    ranks = [{"q_proj": 4, "k_proj": 4, "v_proj": 4}, {"fc1": 8}]
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, ranks, random_factors(dense, ranks))
+    ids = torch.tensor([[257, 258, 261, 265, 72, 105, 33], [256, 256, 256, 257, 258, 261, 265]])
+    mask = torch.tensor([[1] * 7, [0, 0, 0, 1, 1, 1, 1]])  # left padding: the mask matters at every position
+    x = mel()
+    logits = {}
+    for impl in ("sdpa", "liteasr", "eager"):
+        lite.set_attn_implementation(impl)
+        with torch.no_grad():
+            logits[impl] = lite(x, decoder_input_ids=ids, decoder_attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(logits["liteasr"][keep], logits["sdpa"][keep], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits["liteasr"][keep], logits["eager"][keep], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        unmasked = lite(x, decoder_input_ids=ids).logits
+    assert not torch.allclose(unmasked[1, 3:], logits["liteasr"][1, 3:], atol=1e-3)  # the mask is not a no-op here
+
+
+def test_liteasr_generate_matches_sdpa():
+    dense = tiny_whisper()
+    ranks = [{"q_proj": 4, "k_proj": 6, "v_proj": 5}, {"k_proj": 3, "v_proj": 8}]
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, ranks, random_factors(dense, ranks))
+    x = mel()
+    expected = lite.generate(x, max_new_tokens=8)
+    lite.set_attn_implementation("liteasr")
+    assert torch.equal(lite.generate(x, max_new_tokens=8), expected)
+
+
+def test_auto_classes_registered():
+    from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
+
+    config = AutoConfig.for_model("lite-whisper", **tiny_kwargs())
+    assert type(config) is LiteWhisperConfig
+    for auto in (AutoModel, AutoModelForSpeechSeq2Seq):
+        assert type(auto.from_config(config)) is LiteWhisperForConditionalGeneration
+    assert {"LiteWhisperConfig", "LiteWhisperForConditionalGeneration", "save_lite_checkpoint"} <= set(liteasr_hf.__all__)
