@@ -1,0 +1,222 @@
+"""Greedy transcription of a dataset with one or more Whisper / lite Whisper models, scored per source.
+
+Batches go straight through the processor's feature extractor and `model.generate` (no pipeline: one
+padded batch per call is the fast path on CPU). Under `accelerate launch` each process transcribes its
+share of every source and the utterances are gathered; a plain single process needs no config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+
+from ..audio import SAMPLING_RATE, Clip, load_clips
+from .flops import encoder_cost
+from .wer import word_errors
+
+logger = logging.getLogger(__name__)
+
+# The ESB protocol (LiteASR Table 1, Open ASR Leaderboard): per-subset WER, averaged over subsets.
+ESB_DATASET = "hf-audio/esb-datasets-test-only-sorted"
+ESB_SUBSETS = (("ami", "test"), ("earnings22", "test"), ("gigaspeech", "test"), ("librispeech", "test.clean"),
+               ("librispeech", "test.other"), ("spgispeech", "test"), ("tedlium", "test"), ("voxpopuli", "test"))
+MAX_NEW_TOKENS = 128  # ~4x the longest sentence here; a hypothesis that reaches it is a repetition loop
+LOOP_NGRAM_REPEATS = 4  # the same 1..5-word n-gram this many times in a row also counts as a loop
+
+
+@dataclass
+class Utterance:
+    id: str
+    source: str
+    seconds: float
+    reference: str
+    hypothesis: str
+    capped: bool  # generation ran into max_new_tokens instead of ending the text
+
+
+def load_model(name: str, device="cpu", dtype=None):
+    """(model, processor, local path or Hub id) for a bundled name, a local folder or a Hub id."""
+    import liteasr_hf  # noqa: F401  registers the lite-whisper model type with the Auto classes
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    from ..conversion import resolve_model
+
+    path = resolve_model(name)
+    try:
+        model = AutoModelForSpeechSeq2Seq.from_pretrained(path, dtype=dtype or torch.float32)
+        processor = AutoProcessor.from_pretrained(path)
+    except OSError as e:
+        raise ValueError(
+            f"unknown model {name!r}: not a bundled name (bundled/whisper-tiny.en, bundled/whisper-base), "
+            f"a local model folder, or a Hub id reachable now ({e.__class__.__name__}: {str(e).splitlines()[0]})"
+        ) from e
+    return model.to(device).eval(), processor, path
+
+
+def load_groups(dataset: str | None, *, split=None, config=None, audio_column="audio", text_column=None,
+                limit=None) -> list[tuple[str, list[Clip]]]:
+    """[(source, clips)]: the ESB subsets for dataset "esb", else one dataset grouped by its `source`
+    column (a Hub dataset is one source). `dataset=None` = the shipped clips' evaluation split."""
+    if dataset == "esb":
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            raise RuntimeError(f"the ESB protocol streams {ESB_DATASET} from the Hub, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
+                               "is set; unset them on a machine with network access, or pass a local --dataset folder")
+        groups = []
+        for subset, sp in ESB_SUBSETS:
+            try:
+                clips = load_clips(ESB_DATASET, config=subset, split=sp, text_column=text_column or "text", limit=limit, require_text=True)
+            except (ConnectionError, OSError) as e:
+                raise RuntimeError(f"cannot stream {ESB_DATASET}/{subset} ({e}); the ESB protocol needs network access") from e
+            groups.append((f"{subset}/{sp}" if subset == "librispeech" else subset, clips))
+        return groups
+    if dataset is None and split is None:
+        split = "evaluation"
+    clips = load_clips(dataset, split=split, config=config, audio_column=audio_column, text_column=text_column,
+                       limit=limit, require_text=True)
+    default = os.path.basename(os.path.normpath(dataset)) if dataset else "shipped clips"
+    by_source: dict[str, list[Clip]] = {}
+    for c in clips:
+        by_source.setdefault(c.source or default, []).append(c)
+    return sorted(by_source.items())
+
+
+def generate_kwargs(model, language=None, task=None, max_new_tokens=MAX_NEW_TOKENS) -> dict:
+    """Greedy decoding; language/task only where the model is multilingual (English-only models reject them)."""
+    kw = dict(num_beams=1, do_sample=False, max_new_tokens=max_new_tokens)
+    if getattr(model.generation_config, "is_multilingual", False):
+        kw.update(language=language or "en", task=task or "transcribe")
+    elif language not in (None, "en", "english", "English") or task not in (None, "transcribe"):
+        raise ValueError(f"this model is English-only: language {language!r} / task {task!r} are not available")
+    return kw
+
+
+@torch.inference_mode()
+def transcribe(model, processor, audios: Sequence, batch_size=8, **gen) -> tuple[list[str], list[bool]]:
+    """(texts, capped) for 16 kHz mono arrays, in their order. Clips over 30 s go through Whisper's
+    long-form decoding (features padded to whole 30 s windows, attention mask marking the audio)."""
+    fe = processor.feature_extractor
+    special = set(processor.tokenizer.all_special_ids)
+    texts, capped = [None] * len(audios), [False] * len(audios)
+    order = sorted(range(len(audios)), key=lambda i: len(audios[i]))  # similar lengths batch with less padding
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        feats = fe([audios[i] for i in idx], sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False,
+                   padding="longest", pad_to_multiple_of=fe.n_samples, return_attention_mask=True)
+        long_form = feats.input_features.shape[-1] > fe.nb_max_frames
+        out = model.generate(feats.input_features.to(model.device, model.dtype), attention_mask=feats.attention_mask.to(model.device),
+                             return_timestamps=long_form or None, **gen)
+        seqs = out if torch.is_tensor(out) else out["sequences"]
+        for j, i in enumerate(idx):
+            texts[i] = processor.tokenizer.decode(seqs[j], skip_special_tokens=True).strip()
+            # At the cap every new token is text (the last one may be a special token that arrived too late).
+            capped[i] = not long_form and sum(t not in special for t in seqs[j].tolist()) >= gen["max_new_tokens"] - 1
+    return texts, capped
+
+
+def repeated_ngram(text: str, repeats: int = LOOP_NGRAM_REPEATS, max_n: int = 5) -> bool:
+    words = re.findall(r"\w+", text.lower())
+    for n in range(1, max_n + 1):
+        for i in range(len(words) - n * repeats + 1):
+            if all(words[i + r * n : i + (r + 1) * n] == words[i : i + n] for r in range(1, repeats)):
+                return True
+    return False
+
+
+def score(utterances: Sequence[Utterance]) -> dict:
+    """WER with S/D/I and the counts of one table row; per-utterance errors in `errors`."""
+    e = word_errors([u.reference for u in utterances], [u.hypothesis for u in utterances])
+    loops = sum(u.capped or repeated_ngram(u.hypothesis) for u in utterances)
+    return dict(e, clips=len(utterances), seconds=sum(u.seconds for u in utterances), loops=loops)
+
+
+def evaluate_model(name: str, groups, *, batch_size=8, language=None, task=None, max_new_tokens=MAX_NEW_TOKENS,
+                   device=None, dtype=None, worst=5, average_subsets=False, model=None, processor=None,
+                   progress=True) -> dict:
+    """Transcribe every group with model `name` (or the given model/processor) and score it.
+
+    Returns {"model", "encoder": encoder_cost, "sources": {source: row}, "summary": row, "worst": [...],
+    "utterances": [...]}; rows hold wer, substitutions, deletions, insertions, words, clips, seconds,
+    loops, wall_s, rtf. The summary pools all words; `average_subsets` (ESB) makes its WER the mean of
+    the sources' WERs instead.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    state = PartialState()
+    if model is None:
+        model, processor, _ = load_model(name, device or state.device, dtype)
+    gen = generate_kwargs(model, language, task, max_new_tokens)
+    local, walls = [], {}
+    bar = tqdm(total=sum(len(c) for _, c in groups), desc=f"transcribing ({os.path.basename(str(name))})", unit="clip",
+               disable=not progress or not state.is_main_process)
+    for source, clips in groups:
+        with state.split_between_processes(list(clips)) as shard:
+            t0 = time.perf_counter()
+            texts, capped = transcribe(model, processor, [c.audio for c in shard], batch_size, **gen) if shard else ([], [])
+            walls[source] = time.perf_counter() - t0
+        local += [Utterance(c.id, source, c.seconds, c.text, t, k) for c, t, k in zip(shard, texts, capped)]
+        bar.update(len(clips))
+    bar.close()
+    utts = gather_object(local) if state.num_processes > 1 else local
+    wall = gather_object([walls]) if state.num_processes > 1 else [walls]
+    sources = {}
+    for source, _ in groups:
+        row = score([u for u in utts if u.source == source])
+        row["wall_s"] = sum(w[source] for w in wall)  # summed over processes: compute time, not elapsed time
+        row["rtf"] = row["wall_s"] / row["seconds"]
+        sources[source] = row
+    summary = score(utts)
+    summary["wall_s"] = sum(r["wall_s"] for r in sources.values())
+    summary["rtf"] = summary["wall_s"] / summary["seconds"]
+    if average_subsets:
+        summary["wer"] = sum(r["wer"] for r in sources.values()) / len(sources)
+        summary["average"] = "mean of subsets"
+    per_utt = [dict(asdict(u), reference_normalized=r, hypothesis_normalized=h, errors=e, words=w)
+               for u, r, h, e, w in zip(utts, summary.pop("references"), summary.pop("hypotheses"),
+                                        summary.pop("errors"), summary.pop("utterance_words"))]
+    for row in sources.values():
+        for k in ("references", "hypotheses", "errors", "utterance_words"):
+            row.pop(k)
+    ranked = sorted(per_utt, key=lambda u: (u["errors"], u["errors"] / max(u["words"], 1)), reverse=True)
+    return {"model": str(name), "encoder": encoder_cost(model.config), "sources": sources, "summary": summary,
+            "worst": [u for u in ranked[:worst] if u["errors"]], "utterances": per_utt}
+
+
+def _fmt_int(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}G"
+
+
+def markdown(results: Sequence[dict]) -> str:
+    """One row per model and source plus each model's summary row, then each model's worst utterances."""
+    head = ("| model | source | clips | audio s | WER % | S | D | I | words | loops | wall s | RTF | "
+            "enc. params (% dense) | enc. GFLOPs / 30 s (% dense) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        enc = r["encoder"]
+        size = f"{_fmt_int(enc['params'])} ({100 * enc['params'] / enc['dense_params']:.1f} %)"
+        flops = f"{enc['flops'] / 1e9:.1f} ({100 * enc['flops'] / enc['dense_flops']:.1f} %)"
+        rows = list(r["sources"].items()) + [("**" + r["summary"].get("average", "all") + "**", r["summary"])]
+        for source, s in rows:
+            lines.append(f"| {r['model']} | {source} | {s['clips']} | {s['seconds']:.1f} | {100 * s['wer']:.2f} | "
+                         f"{s['substitutions']} | {s['deletions']} | {s['insertions']} | {s['words']} | {s['loops']} | "
+                         f"{s['wall_s']:.1f} | {s['rtf']:.3f} | {size} | {flops} |")
+    for r in results:
+        if r["worst"]:
+            lines += ["", f"Worst utterances of {r['model']} (normalized reference / hypothesis):", ""]
+            lines += [f"- `{u['id']}` ({u['errors']} errors / {u['words']} words){' [capped]' if u['capped'] else ''}\n"
+                      f"  - ref: {u['reference_normalized']}\n  - hyp: {u['hypothesis_normalized']}" for u in r["worst"]]
+    return "\n".join(lines)
+
+
+def write_json(results: Sequence[dict], path: str, settings: dict | None = None):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"settings": settings or {}, "results": list(results)}, f, indent=1)

@@ -1,0 +1,149 @@
+"""The accuracy/size sweep: calibrate once, build a lite model per (method, grid point), score each.
+
+A compression method is a `Method`: a curve name, its grid points and a `build(ctx, point)` returning a
+lite model. `theta_method` (LiteASR θ pairs / presets) and `target_size_method` (greedy allocation under a
+size budget) are built in; other calibration variants plug in as further `Method`s, each its own curve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..calibration.stats import DEFAULT_PADDING_WEIGHT
+
+PointLabel = str
+
+
+@dataclass
+class SweepContext:
+    """What every method builds from: the dense model, its processor, calibration clips and statistics
+    (collected once), and the PCA of those statistics per padding weight (computed once each)."""
+
+    model: Any
+    processor: Any
+    clips: list
+    stats: Any
+    _pcas: dict = field(default_factory=dict)
+
+    def pcas(self, padding_weight=DEFAULT_PADDING_WEIGHT) -> dict:
+        from ..calibration.compress import spectra
+
+        if padding_weight not in self._pcas:
+            self._pcas[padding_weight] = spectra(self.stats, padding_weight)
+        return self._pcas[padding_weight]
+
+
+@dataclass
+class Method:
+    name: str  # the curve's legend entry
+    points: Sequence[tuple[PointLabel, Any]]  # (label, parameter passed to build)
+    build: Callable[[SweepContext, Any], Any]  # -> lite model
+
+
+def _lite_from_ranks(ctx: SweepContext, ranks: dict, pcas: dict):
+    from ..calibration.compress import build_lite_model, factorize
+
+    return build_lite_model(ctx.model, ranks, factorize(ctx.model.get_encoder(), pcas, ranks)).eval()
+
+
+def theta_method(points: Sequence = ("a", "b", "c"), padding_weight=DEFAULT_PADDING_WEIGHT, name=None) -> Method:
+    """Per-linear θ (attention, MLP): each point a preset name or a (θ_attn, θ_mlp) pair."""
+    from ..calibration.compress import linear_dims
+    from ..calibration.ranks import preset_thetas, theta_ranks
+
+    def build(ctx, thetas):
+        pcas = ctx.pcas(padding_weight)
+        evals = {n: p[1] for n, p in pcas.items()}
+        return _lite_from_ranks(ctx, theta_ranks(evals, linear_dims(ctx.model.get_encoder()), *thetas), pcas)
+
+    pts = [(p if isinstance(p, str) else f"{p[0]}/{p[1]}", preset_thetas(p) if isinstance(p, str) else tuple(p)) for p in points]
+    weighting = "all frames" if padding_weight is None else f"padding weight {padding_weight}"
+    return Method(name or f"θ rule ({weighting})", pts, build)
+
+
+def target_size_method(sizes: Sequence[float] = (0.75, 0.6, 0.5), padding_weight=DEFAULT_PADDING_WEIGHT, name=None) -> Method:
+    """Greedy rank allocation by variance kept per parameter under an encoder size budget."""
+    from ..calibration.compress import linear_budget, linear_dims
+    from ..calibration.ranks import target_ranks
+
+    def build(ctx, size):
+        pcas = ctx.pcas(padding_weight)
+        enc = ctx.model.get_encoder()
+        ranks = target_ranks({n: p[1] for n, p in pcas.items()}, linear_dims(enc), linear_budget(enc, size))
+        return _lite_from_ranks(ctx, ranks, pcas)
+
+    weighting = "all frames" if padding_weight is None else f"padding weight {padding_weight}"
+    return Method(name or f"target size ({weighting})", [(f"{s:.0%}", s) for s in sizes], build)
+
+
+def calibration_context(model, processor, clips, stats_path=None, batch_size=8, progress=True) -> SweepContext:
+    """Collect the dense model's statistics over `clips` once; with `stats_path` they are loaded from there
+    when present (windows already counted are skipped) and saved there."""
+    from ..audio import windows
+    from ..calibration.stats import CalibrationStats, collect
+
+    stats = CalibrationStats.load(stats_path) if stats_path and os.path.exists(stats_path) else None
+    items = [(f"{c.id}#{i}" if i else c.id, w) for c in clips for i, w in enumerate(windows(c.audio, processor.feature_extractor.chunk_length))]
+    stats = collect(model, processor.feature_extractor, items, stats, batch_size=batch_size, device=model.device,
+                    dtype=model.dtype, total=len(items), save_path=stats_path, progress=progress)
+    return SweepContext(model, processor, clips, stats)
+
+
+def run_sweep(ctx: SweepContext, methods: Sequence[Method], groups, out_dir: str, *, name="model", references=(),
+              figures_dir=None, progress=True, **eval_kw) -> list[dict]:
+    """Score the dense model and every method's grid points on `groups` (see run.load_groups); write
+    sweep.md / sweep.json to `out_dir` and pareto.png / ranks.png to `figures_dir` (default out_dir).
+
+    references: extra dense models [(label, model name)] drawn as reference points (other sizes).
+    Returns the table rows: the dense model first, then one per (method, point).
+    """
+    from .plots import pareto, rank_heatmap
+    from .run import evaluate_model
+
+    def row(method, label, result):
+        enc, s = result["encoder"], result["summary"]
+        return dict(method=method, label=label, params=enc["params"], dense_params=enc["dense_params"],
+                    size=enc["params"] / enc["dense_params"], flops=enc["flops"], dense_flops=enc["dense_flops"],
+                    wer=s["wer"], substitutions=s["substitutions"], deletions=s["deletions"], insertions=s["insertions"],
+                    words=s["words"], loops=s["loops"], clips=s["clips"], wall_s=s["wall_s"])
+
+    kw = dict(eval_kw, progress=progress, worst=0)
+    dense = evaluate_model(name, groups, model=ctx.model, processor=ctx.processor, **kw)
+    rows = [row("dense", name, dense)]
+    refs = [dict(label=os.path.basename(str(name)), params=rows[0]["params"], wer=rows[0]["wer"])]
+    for label, ref in references:
+        r = row("dense", label, evaluate_model(ref, groups, **kw))
+        rows.append(r)
+        refs.append(dict(label=label, params=r["params"], wer=r["wer"]))
+    panels = []
+    for m in methods:
+        for label, point in m.points:
+            lite = m.build(ctx, point)
+            rows.append(dict(row(m.name, label, evaluate_model(f"{m.name} {label}", groups, model=lite, processor=ctx.processor, **kw)),
+                             low_rank_config=lite.config.low_rank_config))
+            panels.append((f"{m.name}\n{label}: {rows[-1]['size']:.0%}", lite.config))
+            del lite
+
+    figures_dir = figures_dir or out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(figures_dir, exist_ok=True)
+    lite_rows = [r for r in rows if r["method"] != "dense"]
+    pareto(lite_rows, refs, os.path.join(figures_dir, "pareto.png"), title=f"{os.path.basename(str(name))}: WER vs encoder size")
+    rank_heatmap(panels, os.path.join(figures_dir, "ranks.png"))
+    with open(os.path.join(out_dir, "sweep.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(out_dir, "sweep.md"), "w") as f:
+        f.write(sweep_markdown(rows) + "\n")
+    return rows
+
+
+def sweep_markdown(rows: Sequence[dict]) -> str:
+    lines = ["| method | point | encoder params | size | GFLOPs / 30 s | WER % | S | D | I | loops |", "|---" * 10 + "|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['label']} | {r['params'] / 1e6:.2f}M | {100 * r['size']:.1f} % | "
+                     f"{r['flops'] / 1e9:.1f} | {100 * r['wer']:.2f} | {r['substitutions']} | {r['deletions']} | "
+                     f"{r['insertions']} | {r['loops']} |")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""WER as Whisper papers report it: Whisper's English text normalizer on both sides, then corpus WER.
+
+One code path, online or offline: `evaluate.load` on the metric module shipped next to this file
+(wer_metric.py), which wraps jiwer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from typing import Sequence
+
+METRIC_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wer_metric.py")
+
+
+@lru_cache(maxsize=1)
+def normalizer():
+    """Whisper's EnglishTextNormalizer with the English spelling map shipped in the package (the
+    conversion code writes the same file as each converted model's normalizer.json)."""
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    from ..conversion.ctranslate2 import NORMALIZER_JSON
+
+    with open(NORMALIZER_JSON, encoding="utf-8") as f:
+        return EnglishTextNormalizer(json.load(f))
+
+
+def normalize(text: str) -> str:
+    return normalizer()(text or "")
+
+
+@lru_cache(maxsize=1)
+def metric():
+    import evaluate
+
+    return evaluate.load(METRIC_SCRIPT)
+
+
+def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
+    """Corpus WER of normalized texts with S/D/I, plus per-utterance `errors` and `words` lists.
+
+    A reference that normalizes to nothing (e.g. only a filler word) has no words to score: it gets
+    errors = words = 0 and is counted in `empty_references` (its hypothesis still shows in the output).
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    refs = [normalize(r) for r in references]
+    hyps = [normalize(h) for h in hypotheses]
+    keep = [i for i, r in enumerate(refs) if r.strip()]
+    errors, words = [0] * len(refs), [0] * len(refs)
+    out = {"wer": 0.0, "substitutions": 0, "deletions": 0, "insertions": 0, "hits": 0}
+    if keep:
+        res = metric().compute(predictions=[hyps[i] for i in keep], references=[refs[i] for i in keep])
+        out = {k: res[k] for k in out}
+        for i, e, w in zip(keep, res["utterance_errors"], res["utterance_words"]):
+            errors[i], words[i] = e, w
+    out.update(words=sum(words), empty_references=len(refs) - len(keep), errors=errors, utterance_words=words,
+               references=refs, hypotheses=hyps)
+    return out

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""WER of Whisper / lite Whisper models on real speech: markdown table on stdout, JSON beside it.
+
+    python scripts/evaluate.py                     # bundled whisper-base on the shipped clips' evaluation split
+    python scripts/evaluate.py --model bundled/whisper-tiny.en --model out/lite-base \\
+        --dataset ../shared/data/speech-dev --split evaluation
+    python scripts/evaluate.py --dataset esb       # the paper's ESB protocol (needs network)
+    accelerate launch scripts/evaluate.py ...      # clips sharded across processes / GPUs
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Python put this script's folder first on sys.path, where `import evaluate` (the Hugging Face library) would find
+# this very file: swap it for the checkout's root, which also lets the script run without installing the package.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(argv=None):
+    from liteasr_hf.conversion import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", help=f"bundled name, local folder or Hub id; repeatable (default {DEFAULT_MODEL})")
+    p.add_argument("--dataset", help="local audiofolder, Hub dataset id, or 'esb' (default: the clips shipped in the package)")
+    p.add_argument("--split", help="split.json key of a local folder, or Hub split (default for the shipped clips: evaluation)")
+    p.add_argument("--config", help="Hub dataset config")
+    p.add_argument("--audio-column", default="audio")
+    p.add_argument("--text-column", help="transcript column (default: first of transcription, text, sentence, ...)")
+    p.add_argument("--limit", type=int, help="at most this many clips (per ESB subset)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--language", help="multilingual models only (default en)")
+    p.add_argument("--task", choices=["transcribe", "translate"])
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longer hypotheses count as repetition loops")
+    p.add_argument("--device", help="default: accelerate's device for this process")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--worst", type=int, default=5, help="worst utterances to list per model")
+    p.add_argument("--output", default="outputs/evaluation.json", help="JSON results")
+    p.add_argument("--model-card", metavar="FOLDER", help="record the first model's WER in this lite checkpoint's model card "
+                   "(the last --model given is taken as the dense reference when there are two)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    import torch
+    from accelerate import PartialState
+
+    from liteasr_hf.evaluation import evaluate_model, load_groups, markdown, write_json
+
+    state = PartialState()
+    groups = load_groups(args.dataset, split=args.split, config=args.config, audio_column=args.audio_column,
+                         text_column=args.text_column, limit=args.limit)
+    results = [
+        evaluate_model(m, groups, batch_size=args.batch_size, language=args.language, task=args.task,
+                       max_new_tokens=args.max_new_tokens, device=args.device, dtype=getattr(torch, args.dtype),
+                       worst=args.worst, average_subsets=args.dataset == "esb")
+        for m in args.model or [DEFAULT_MODEL]
+    ]
+    if not state.is_main_process:
+        return results
+    print(markdown(results))
+    settings = {k: v for k, v in vars(args).items() if k not in ("model", "output", "model_card")}
+    settings.update(processes=state.num_processes, dataset=args.dataset or "shipped clips", split=args.split or ("evaluation" if not args.dataset else None))
+    write_json(results, args.output, settings)
+    print(f"\nresults: {args.output}", file=sys.stderr)
+    if args.model_card:
+        from liteasr_hf.evaluation import record_in_model_card
+
+        record_in_model_card(args.model_card, results[0], results[-1] if len(results) > 1 else None,
+                             dataset=settings["dataset"], split=settings["split"])
+        print(f"model card: {os.path.join(args.model_card, 'README.md')}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()

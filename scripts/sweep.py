@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Accuracy/size sweep: calibrate once, compress at every grid point, score each, plot the frontier.
+
+    python scripts/sweep.py --model bundled/whisper-base --dataset ../shared/data/speech-dev \\
+        --presets a b c --target-sizes 0.75 0.6 0.5 --reference bundled/whisper-tiny.en \\
+        --figures-dir model_cards/figures
+
+Writes sweep.md / sweep.json (one row per grid point, the dense model first), pareto.png (WER vs encoder
+size, one curve per method, dense models as stars) and ranks.png (k/D per linear and layer).
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # checkout root, not scripts/ (see evaluate.py)
+
+
+def main(argv=None):
+    from liteasr_hf.conversion import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="dense Whisper: bundled name, local folder or Hub id")
+    p.add_argument("--dataset", help="local audiofolder with split.json (default: the clips shipped in the package)")
+    p.add_argument("--calibration-split", default="calibration")
+    p.add_argument("--evaluation-split", default="evaluation")
+    p.add_argument("--presets", nargs="*", default=["a", "b", "c"], help="θ presets (a/b/c or quality/balanced/fast)")
+    p.add_argument("--theta", nargs="*", default=[], metavar="ATTN,MLP", help="extra θ pairs, e.g. 0.995,0.995")
+    p.add_argument("--target-sizes", nargs="*", type=float, default=[0.75, 0.6, 0.5])
+    p.add_argument("--padding-weight", default="0.5", help="padding frames' share of the statistics; 'all' = every frame alike (paper)")
+    p.add_argument("--paper", action="store_true", help="also draw the θ presets with the paper's all-frames statistics")
+    p.add_argument("--reference", action="append", default=[], help="other dense models drawn as reference points")
+    p.add_argument("--stats", help="statistics file, reused when present (default: <output-dir>/stats.safetensors)")
+    p.add_argument("--limit", type=int, help="at most this many evaluation clips")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--output-dir", default="outputs/sweep")
+    p.add_argument("--figures-dir", help="where the PNGs go (default: the output dir)")
+    args = p.parse_args(argv)
+
+    from liteasr_hf.audio import load_clips
+    from liteasr_hf.evaluation import load_groups, load_model
+    from liteasr_hf.evaluation.sweep import calibration_context, run_sweep, sweep_markdown, target_size_method, theta_method
+
+    pw = None if args.padding_weight == "all" else float(args.padding_weight)
+    model, processor, _ = load_model(args.model)
+    clips = load_clips(args.dataset, split=args.calibration_split)
+    os.makedirs(args.output_dir, exist_ok=True)
+    ctx = calibration_context(model, processor, clips, args.stats or os.path.join(args.output_dir, "stats.safetensors"), args.batch_size)
+    thetas = list(args.presets) + [tuple(float(x) for x in t.split(",")) for t in args.theta]
+    methods = [theta_method(thetas, pw)] if thetas else []
+    if args.paper and thetas:
+        methods.append(theta_method(thetas, None, name="θ rule, all frames (paper)"))
+    if args.target_sizes:
+        methods.append(target_size_method(args.target_sizes, pw))
+    groups = load_groups(args.dataset, split=args.evaluation_split, limit=args.limit)
+    rows = run_sweep(ctx, methods, groups, args.output_dir, name=args.model,
+                     references=[(os.path.basename(r), r) for r in args.reference], figures_dir=args.figures_dir,
+                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    print(sweep_markdown(rows))
+    print(f"\nwrote {args.output_dir}/sweep.md, sweep.json; {args.figures_dir or args.output_dir}/pareto.png, ranks.png", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

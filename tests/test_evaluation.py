@@ -1,0 +1,104 @@
+"""Evaluation: WER arithmetic and normalization, encoder size/FLOPs, bad input, real tiny.en transcripts."""
+
+import os
+
+import pytest
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from liteasr_hf import LiteWhisperConfig, LiteWhisperForConditionalGeneration
+from liteasr_hf.audio import BUNDLED_CLIPS
+from liteasr_hf.evaluation import encoder_cost, evaluate_model, load_groups, markdown, model_index, word_errors
+from liteasr_hf.evaluation.run import Utterance, repeated_ngram, score
+
+
+def test_wer_of_known_strings():
+    e = word_errors(["the cat sat on the mat", "a b c d"], ["the cat sit on mat", "a b c d e"])
+    assert (e["substitutions"], e["deletions"], e["insertions"], e["words"]) == (1, 1, 1, 10)
+    assert e["wer"] == pytest.approx(3 / 10)
+    assert e["errors"] == [2, 1] and e["utterance_words"] == [6, 4]
+
+
+def test_normalizer_applies_to_both_sides():
+    ref, hyp = "Mr. Smith's colour, 10 dollars!", "mister smith's color: ten dollars"
+    assert word_errors([ref], [hyp])["wer"] == 0.0
+    assert word_errors([hyp], [ref])["wer"] == 0.0
+    assert word_errors(["HELLO, World."], ["hello world"])["wer"] == 0.0
+    # A reference with no words after normalization is not scored, but counted.
+    e = word_errors(["Hmm.", "yes"], ["anything", "yes"])
+    assert (e["wer"], e["words"], e["empty_references"]) == (0.0, 1, 1)
+
+
+def test_table_arithmetic():
+    utts = [Utterance("1", "x", 2.0, "a b c d", "a b c", False), Utterance("2", "x", 3.0, "e f", "e g h", False),
+            Utterance("3", "y", 5.0, "i j k l m", "i j k l m", False)]
+    x, y, all_ = score(utts[:2]), score(utts[2:]), score(utts)
+    for k in ("substitutions", "deletions", "insertions", "words", "clips", "seconds"):
+        assert all_[k] == x[k] + y[k]
+    assert (x["substitutions"], x["deletions"], x["insertions"]) == (1, 1, 1)
+    assert all_["wer"] == pytest.approx(3 / 11) and x["wer"] == pytest.approx(3 / 6) and y["wer"] == 0
+    assert repeated_ngram("we will we will we will we will rock you") and not repeated_ngram("no, no, no I said")
+    assert score([Utterance("4", "z", 1.0, "a", "a", True)])["loops"] == 1
+
+
+def test_encoder_cost_matches_the_models():
+    cfg = dict(d_model=64, encoder_layers=2, decoder_layers=1, encoder_ffn_dim=256, decoder_ffn_dim=128,
+               encoder_attention_heads=4, decoder_attention_heads=4, vocab_size=300, max_source_positions=50,
+               pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    count = lambda m: sum(p.numel() for p in m.model.encoder.parameters())  # noqa: E731
+    dense = encoder_cost(WhisperConfig(**cfg))
+    assert dense["params"] == dense["dense_params"] == count(WhisperForConditionalGeneration(WhisperConfig(**cfg)))
+    lrc = [{"q_proj": 16, "k_proj": 16, "fc1": 32}, {"fc2": 16}]
+    lite = encoder_cost(LiteWhisperConfig(low_rank_config=lrc, **cfg))
+    assert lite["params"] == count(LiteWhisperForConditionalGeneration(LiteWhisperConfig(low_rank_config=lrc, **cfg)))
+    assert lite["dense_params"] == dense["params"] and lite["dense_flops"] == dense["flops"]
+    T, d, f = 50, 64, 256
+    saved = 2 * T * ((d * d - 16 * 2 * d) * 2 + (d * f - 32 * (d + f)) + (f * d - 16 * (d + f)))
+    assert dense["flops"] - lite["flops"] == saved
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        evaluate_model("no-such-org/no-such-model-xyz", [("x", [])])
+    (tmp_path / "nocol").mkdir()
+    (tmp_path / "nocol" / "metadata.csv").write_text("file_name,speaker\njfk_inaugural_1961.flac,jfk\n")
+    os.symlink(os.path.join(BUNDLED_CLIPS, "jfk_inaugural_1961.flac"), tmp_path / "nocol" / "jfk_inaugural_1961.flac")
+    with pytest.raises(ValueError, match="no transcript column"):
+        load_groups(str(tmp_path / "nocol"))
+    with pytest.raises(ValueError, match="no column 'words'"):
+        load_groups(str(tmp_path / "nocol"), text_column="words")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metadata.csv").write_text("file_name,transcription\n")
+    with pytest.raises(ValueError, match="no usable audio clips"):
+        load_groups(str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match="ESB"):
+        load_groups("esb")
+
+
+def test_model_index_block():
+    yaml = pytest.importorskip("yaml")
+    block = yaml.safe_load(model_index("lite-base", [{"dataset": "speech-dev", "split": "evaluation", "wer": 0.0712}]))
+    res = block["model-index"][0]["results"][0]
+    assert res["metrics"][0] == {"type": "wer", "value": 7.12, "name": "WER"} and res["dataset"]["split"] == "evaluation"
+
+
+# Real tiny.en, greedy; checked by ear against the references (JFK is the famous line, word for word).
+EXPECTED = {
+    "jfk_inaugural_1961.flac": "And so my fellow Americans ask not what your country can do for you, ask what you can do for your country.",
+    "librispeech_1272_forte_0.flac": "A man said to the universe, Sir, I exist.",
+    "pocketsphinx_goforward.flac": "Go forward 10 meters.",
+}
+
+
+@pytest.mark.slow
+def test_tiny_en_three_clips_exact_transcripts():
+    from liteasr_hf.audio import load_clips
+    from liteasr_hf.conversion import TEST_MODEL
+
+    clips = load_clips(None, files=list(EXPECTED))
+    res = evaluate_model(TEST_MODEL, [("shipped", clips)], batch_size=3, progress=False)
+    got = {u["id"]: u["hypothesis"] for u in res["utterances"]}
+    assert got == EXPECTED
+    s = res["summary"]
+    assert s["clips"] == 3 and s["loops"] == 0 and s["wer"] < 0.1
+    assert "| **all** | 3 |" in markdown([res])

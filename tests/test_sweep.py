@@ -1,0 +1,34 @@
+"""The sweep on a tiny random model: one table row per grid point, both PNGs written."""
+
+import json
+
+import numpy as np
+
+from liteasr_hf.audio import Clip
+from liteasr_hf.evaluation.sweep import calibration_context, run_sweep, target_size_method, theta_method
+from modeling_utils import tiny_audio, tiny_processor, tiny_whisper
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_writes_table_and_plots(tmp_path):
+    model = tiny_whisper(encoder_ffn_dim=256)
+    processor = tiny_processor(str(tmp_path / "proc"))
+    clips = [Clip(f"c{i}", tiny_audio(i, 0.3 + 0.1 * i), "a b c", "synthetic") for i in range(6)]
+    stats_path = str(tmp_path / "stats.safetensors")
+    ctx = calibration_context(model, processor, clips[:4], stats_path, batch_size=4, progress=False)
+    methods = [theta_method(["a", (0.9, 0.9)]), target_size_method([0.9, 0.8], name="target size")]
+    rows = run_sweep(ctx, methods, [("synthetic", clips[4:])], str(tmp_path / "out"), name="tiny", progress=False,
+                     max_new_tokens=8)
+    assert [(r["method"], r["label"]) for r in rows] == [
+        ("dense", "tiny"), ("θ rule (padding weight 0.5)", "a"), ("θ rule (padding weight 0.5)", "0.9/0.9"),
+        ("target size", "90%"), ("target size", "80%")]
+    assert all(r["size"] <= s + 1e-9 for r, s in zip(rows[3:], (0.9, 0.8))) and rows[0]["size"] == 1.0
+    assert len(json.load(open(tmp_path / "out" / "sweep.json"))) == 5
+    assert sum(line.startswith("| ") for line in open(tmp_path / "out" / "sweep.md")) == 6  # header + 5 rows
+    for png in ("pareto.png", "ranks.png"):
+        data = (tmp_path / "out" / png).read_bytes()
+        assert data[:8] == PNG and len(data) > 10_000
+    # Statistics were saved; a second context reuses them without new windows.
+    again = calibration_context(model, processor, clips[:4], stats_path, progress=False)
+    assert np.allclose(again.stats.frames()["real"], ctx.stats.frames()["real"]) and (tmp_path / "stats.safetensors").exists()
