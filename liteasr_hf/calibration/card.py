@@ -1,0 +1,106 @@
+"""Model card of a lite checkpoint, rendered from `model_cards/lite_whisper_template.md`.
+
+Everything the card shows lives in the checkpoint's `calibration.json` (written by scripts/calibrate.py),
+so the card can be re-rendered at any time, e.g. once WER has been measured:
+    render_model_card(folder, results=[{"dataset": ..., "clips": 115, "wer": 0.083, "dense_wer": 0.070}])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from string import Template
+
+INFO_FILE = "calibration.json"
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# The template lives in the repository's model_cards/ (calibrate.py, its user, runs from a checkout).
+TEMPLATE_CANDIDATES = (os.path.join(_HERE, "..", "..", "model_cards", "lite_whisper_template.md"),)
+LINEAR_COLUMNS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def template_path() -> str:
+    for p in TEMPLATE_CANDIDATES:
+        if os.path.exists(p):
+            return os.path.normpath(p)
+    raise FileNotFoundError("model card template lite_whisper_template.md not found in " + ", ".join(TEMPLATE_CANDIDATES))
+
+
+def ranks_table(ranks: dict, num_layers: int) -> str:
+    rows = ["| layer | " + " | ".join(LINEAR_COLUMNS) + " |", "|---" * (len(LINEAR_COLUMNS) + 1) + "|"]
+    for layer in range(num_layers):
+        cells = []
+        for leaf in LINEAR_COLUMNS:
+            name = next((n for n in ranks if n.startswith(f"layers.{layer}.") and n.endswith("." + leaf)), None)
+            cells.append("dense" if name is None or ranks[name] is None else str(ranks[name]))
+        rows.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def results_table(results: list[dict]) -> str:
+    """WER rows: dataset, split, clips, wer, dense_wer (fractions), optional notes / loops."""
+    if not results:
+        return ("WER not measured yet. Measure it with `python scripts/evaluate.py` and record it with "
+                "`liteasr_hf.calibration.card.render_model_card(folder, results=[...])`.")
+    rows = ["| dataset | split | clips | WER | dense WER | notes |", "|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r.get('dataset', '')} | {r.get('split', '')} | {r.get('clips', '')} | {_pct(r.get('wer'))} | "
+                    f"{_pct(r.get('dense_wer'))} | {r.get('notes', '')} |")
+    return "\n".join(rows)
+
+
+def render_model_card(folder: str, results: list[dict] | None = None, repo: str | None = None) -> str:
+    """Write `folder/README.md` from the folder's calibration.json. `results` (WER rows) are stored there
+    too, replacing earlier rows of the same dataset and split; `repo` is the id shown in the loading code."""
+    info_path = os.path.join(folder, INFO_FILE)
+    with open(info_path) as f:
+        info = json.load(f)
+    if results:
+        key = lambda r: (r.get("dataset"), r.get("split"))  # noqa: E731
+        new = {key(r) for r in results}
+        info["results"] = [r for r in info.get("results", []) if key(r) not in new] + list(results)
+    if repo:
+        info["repo"] = repo
+    with open(info_path, "w") as f:
+        json.dump(info, f, indent=2)
+    ranks, size = info["ranks"], info["size"]
+    c = info["calibration"]
+    fields = dict(
+        name=info.get("name") or os.path.basename(os.path.abspath(folder)),
+        base_model=info["base_model"],
+        base_model_url=info["base_model"] if "/" not in info["base_model"] or info["base_model"].startswith(("/", ".", "bundled/"))
+        else f"https://huggingface.co/{info['base_model']}",
+        license=info.get("license", "mit"),
+        method=info["selection"]["mode"],
+        repo=info.get("repo") or "path/to/" + os.path.basename(os.path.abspath(folder)),
+        dense_params=f"{size['dense']:,}",
+        lite_params=f"{size['lite']:,}",
+        size_pct=_pct(size["lite"] / size["dense"]),
+        compressed=sum(k is not None for k in ranks.values()),
+        linears=len(ranks),
+        results=results_table(info.get("results", [])),
+        selection=info["selection"]["description"],
+        dataset=c["dataset"],
+        clips=c["clips"],
+        windows=c["windows"],
+        seed=c.get("seed", ""),
+        real_frames=f"{c['frames']['real']:,}",
+        pad_frames=f"{c['frames']['pad']:,}",
+        weighting="all frames alike (paper)" if c["padding_weight"] is None
+        else f"{1 - c['padding_weight']:.0%} real / {c['padding_weight']:.0%} padding",
+        seconds=f"{c['seconds']:.0f}",
+        peak_mem=f"{c['peak_memory_gb']:.2f} GB",
+        device=c["device"],
+        dtype=c["dtype"],
+        version=info.get("version", ""),
+        command=c.get("command", "scripts/calibrate.py"),
+        ranks_table=ranks_table(ranks, info["num_layers"]),
+    )
+    with open(template_path(), encoding="utf-8") as f:
+        text = Template(f.read()).substitute(fields)
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    return text

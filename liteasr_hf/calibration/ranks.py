@@ -1,0 +1,119 @@
+"""Rank selection: the θ rule with the eq. 8 efficiency rule (LiteASR §3.2), presets, and a size budget.
+
+A rank of None means "keep the linear dense". Ranks are multiples of `multiple` (16: tensor-core friendly).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import torch
+
+# LiteASR presets: (θ attention, θ MLP).
+PRESETS = {"quality": (0.999, 0.999), "balanced": (0.99, 0.999), "fast": (0.99, 0.995)}
+PRESET_ALIASES = {"a": "quality", "b": "balanced", "c": "fast"}
+ATTN_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def preset_thetas(preset: str) -> tuple[float, float]:
+    name = PRESET_ALIASES.get(preset, preset)
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (or a/b/c)")
+    return PRESETS[name]
+
+
+def check_theta(theta: float, what: str = "theta") -> float:
+    if not 0.0 < theta < 1.0:
+        raise ValueError(f"{what} must lie strictly between 0 and 1 (a fraction of variance to keep), got {theta}")
+    return theta
+
+
+def is_attention(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ATTN_NAMES
+
+
+def worth_it(k: int, d_in: int, d_out: int) -> bool:
+    """Eq. 8: the two factors must hold fewer parameters than the dense weight."""
+    return k * (d_in + d_out) < d_in * d_out
+
+
+def explained(evals: torch.Tensor) -> torch.Tensor:
+    """Cumulative fraction of variance held by the leading 1, 2, ... components."""
+    evals = evals.double().clamp_min(0)
+    total = evals.sum()
+    if total <= 0:
+        return torch.ones_like(evals)
+    return evals.cumsum(0) / total
+
+
+def theta_rank(evals: torch.Tensor, theta: float, d_in: int, d_out: int, multiple: int = 16) -> int | None:
+    """Eq. 6 + 8: the smallest multiple of `multiple` whose leading components hold more than θ of
+    the variance, or None (dense) when that rank would not save parameters."""
+    frac = explained(evals)
+    above = (frac > theta).nonzero()
+    k_min = int(above[0]) + 1 if len(above) else len(frac)
+    k = math.ceil(k_min / multiple) * multiple
+    return k if worth_it(k, d_in, d_out) else None
+
+
+def theta_ranks(spectra: dict, dims: dict, theta_attn: float, theta_mlp: float, multiple: int = 16) -> dict:
+    """Per-linear θ rule; `spectra` maps names to eigenvalues, `dims` to (d_in, d_out)."""
+    return {
+        n: theta_rank(ev, theta_attn if is_attention(n) else theta_mlp, *dims[n], multiple)
+        for n, ev in spectra.items()
+    }
+
+
+def linear_params(k: int | None, d_in: int, d_out: int) -> int:
+    """Weight parameters of a linear at rank k (dense when None); the bias is the same either way."""
+    return d_in * d_out if k is None else k * (d_in + d_out)
+
+
+def target_ranks(spectra: dict, dims: dict, budget: int, multiple: int = 16) -> dict:
+    """Greedy allocation under a parameter budget for the linears' weights, which is never exceeded.
+
+    Every linear starts at rank `multiple`; then the step (next +`multiple` components, or going dense
+    once the next rank fails eq. 8) with the most variance kept per parameter spent is taken, as long as
+    it fits. Variance is each linear's own fraction, so wide and narrow linears compete on equal terms.
+    """
+    ranks = {n: multiple for n in spectra}
+    fracs = {n: explained(ev) for n, ev in spectra.items()}
+    used = sum(linear_params(multiple, *dims[n]) for n in spectra)
+    if any(not worth_it(multiple, *dims[n]) for n in spectra):
+        raise ValueError(f"a linear is too small for rank {multiple}; nothing to compress")
+    if used > budget:
+        raise ValueError(f"budget of {budget:,} weight parameters is below the minimum ({used:,}: every linear at rank {multiple})")
+
+    def step(n):
+        """(priority, n, next rank, cost) of the next step of linear n, or None when it is dense."""
+        k = ranks[n]
+        if k is None:
+            return None
+        d_in, d_out = dims[n]
+        nxt = k + multiple if worth_it(k + multiple, d_in, d_out) and k + multiple < len(fracs[n]) else None
+        cost = linear_params(nxt, d_in, d_out) - linear_params(k, d_in, d_out)
+        gain = (1.0 if nxt is None else float(fracs[n][nxt - 1])) - float(fracs[n][k - 1])
+        return (-gain / cost, n, nxt, cost)
+
+    heap = [s for s in map(step, spectra) if s is not None]
+    heapq.heapify(heap)
+    while heap:
+        _, n, nxt, cost = heapq.heappop(heap)
+        if used + cost > budget:
+            continue  # this linear cannot grow further within the budget; smaller steps elsewhere may still fit
+        ranks[n], used = nxt, used + cost
+        s = step(n)
+        if s is not None:
+            heapq.heappush(heap, s)
+    return ranks
+
+
+def to_low_rank_config(ranks: dict, num_layers: int) -> list[dict]:
+    """The lite config's layout: one dict per encoder layer, {linear: rank}; dense linears are left out."""
+    config = [{} for _ in range(num_layers)]
+    for name, k in ranks.items():
+        if k is not None:
+            _, layer, *_, leaf = name.split(".")
+            config[int(layer)][leaf] = int(k)
+    return config

@@ -1,0 +1,324 @@
+#!/usr/bin/env python
+"""Calibrate and compress a Whisper encoder with LiteASR; write a ready-to-use lite checkpoint folder.
+
+With no arguments: the bundled real Whisper base, the shipped clips' `calibration` split, preset
+`balanced`, 50/50 real/padding weighting -> outputs/lite-whisper-base-balanced (offline).
+
+    python scripts/calibrate.py --model openai/whisper-small --dataset ../shared/data/speech-dev \
+        --split calibration --preset fast --save-stats stats.safetensors
+    python scripts/calibrate.py --resume-stats stats.safetensors --target-size 0.6   # no audio pass
+    accelerate launch scripts/calibrate.py ...   # clips sharded over processes, statistics summed
+
+LITEASR_DEMO_MODEL overrides the default model (CI runs the no-argument job on tiny.en).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shlex
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout without installing
+logger = logging.getLogger("calibrate")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_args(argv=None):
+    from liteasr_hf.calibration.ranks import PRESET_ALIASES, PRESETS
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="Hub id, local folder or bundled name (default: $LITEASR_DEMO_MODEL or bundled/whisper-base)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; the process's device under accelerate)")
+    g.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the dense forward passes and of the saved weights")
+    g = p.add_argument_group("calibration audio")
+    g.add_argument("--dataset", default=None, help="local audiofolder or Hub dataset id (default: clips shipped with liteasr_hf)")
+    g.add_argument("--dataset-config", default=None, help="Hub dataset config")
+    g.add_argument("--split", default=None, help="Hub split, or a key of the folder's split.json / --split-file (default: 'calibration' when there is one, Hub: 'train')")
+    g.add_argument("--split-file", default=None, help="JSON file mapping split names to lists of file names of the local folder")
+    g.add_argument("--audio-column", default="audio")
+    g.add_argument("--num-clips", type=int, default=None, help="use this many clips (random, with --seed); default all")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=8)
+    g = p.add_argument_group("compression")
+    g.add_argument("--preset", default="balanced", choices=list(PRESETS) + list(PRESET_ALIASES), help="θ presets: " + ", ".join(f"{k} {v}" for k, v in PRESETS.items()))
+    g.add_argument("--theta-attn", type=float, default=None, help="variance kept by attention linears (overrides the preset)")
+    g.add_argument("--theta-mlp", type=float, default=None, help="variance kept by MLP linears (overrides the preset)")
+    g.add_argument("--target-size", type=float, default=None, help="encoder parameters as a fraction of dense, in (0, 1]: greedy allocation instead of θ")
+    g.add_argument("--padding-weight", default="0.5", help="share of the mean/covariance given to padding frames, in [0, 1]; 'all' = every frame alike (paper)")
+    g = p.add_argument_group("statistics")
+    g.add_argument("--save-stats", default=None, help="save the statistics here (.safetensors), also during the pass")
+    g.add_argument("--resume-stats", action="append", default=[], help="start from saved statistics (repeat to merge several); windows already counted are skipped")
+    g.add_argument("--save-every", type=int, default=32, help="with --save-stats: save every this many windows")
+    g = p.add_argument_group("output")
+    g.add_argument("--output-dir", default=None, help="default: outputs/lite-<model>-<preset or size>")
+    g.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
+    g.add_argument("--private", action="store_true", help="create the Hub repo private")
+    g.add_argument("--token", default=None, help="Hub token (default: the usual huggingface_hub places)")
+    g.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    _check(p, args)
+    return args
+
+
+def _check(p, args):
+    from liteasr_hf.calibration.ranks import check_theta
+
+    try:
+        for what in ("theta_attn", "theta_mlp"):
+            if getattr(args, what) is not None:
+                check_theta(getattr(args, what), "--" + what.replace("_", "-"))
+        if args.target_size is not None and not 0.0 < args.target_size <= 1.0:
+            raise ValueError(f"--target-size must lie in (0, 1] (a fraction of the dense encoder), got {args.target_size}")
+        if args.padding_weight == "all":
+            args.padding_weight = None
+        else:
+            args.padding_weight = float(args.padding_weight)
+            if not 0.0 <= args.padding_weight <= 1.0:
+                raise ValueError(f"--padding-weight must lie in [0, 1] or be 'all', got {args.padding_weight}")
+        if args.num_clips is not None and args.num_clips < 1:
+            raise ValueError("--num-clips must be at least 1")
+    except ValueError as e:
+        p.error(str(e))
+
+
+# ---- model -----------------------------------------------------------------------------------------
+
+
+def resolve(model: str | None) -> tuple[str, str]:
+    """(name as given, local folder or Hub id to load)."""
+    name = model or os.environ.get("LITEASR_DEMO_MODEL")
+    if name and os.path.isdir(name):
+        return name, name
+    from liteasr_hf.conversion import DEFAULT_MODEL, resolve_model  # bundled names, Hub ids
+
+    name = name or DEFAULT_MODEL
+    return name, resolve_model(name)
+
+
+def reject_lite(path: str):
+    from transformers import PretrainedConfig
+
+    cfg, _ = PretrainedConfig.get_config_dict(path)
+    archs = " ".join(cfg.get("architectures") or [])
+    if "lite" in cfg.get("model_type", "").lower() or "LiteWhisper" in archs or cfg.get("low_rank_config"):
+        raise SystemExit(f"error: {path} is already a LiteASR (low-rank) model; calibrate its dense Whisper original instead")
+    if cfg.get("model_type") != "whisper":
+        raise SystemExit(f"error: {path} is not a Whisper model (model_type {cfg.get('model_type')!r})")
+
+
+def load_dense(path: str, device, dtype):
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    reject_lite(path)
+    model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, WhisperProcessor.from_pretrained(path)
+
+
+# ---- audio -----------------------------------------------------------------------------------------
+
+
+def calibration_clips(args):
+    """Clips (resampled to 16 kHz mono; unusable ones skipped with a warning) and a description."""
+    from liteasr_hf.audio import BUNDLED_CLIPS, load_clips
+
+    local = args.dataset is None or os.path.isdir(args.dataset)
+    folder = args.dataset or BUNDLED_CLIPS
+    split, files = args.split, None
+    if args.split_file:
+        with open(args.split_file) as f:
+            splits = json.load(f)
+        split = split or "calibration"
+        if split not in splits:
+            raise SystemExit(f"error: {args.split_file} has no split {split!r} (has: {', '.join(k for k, v in splits.items() if isinstance(v, list))})")
+        files, split = splits[split], None
+    elif local and split is None and os.path.exists(os.path.join(folder, "split.json")):
+        with open(os.path.join(folder, "split.json")) as f:
+            split = "calibration" if "calibration" in json.load(f) else None
+    if local:
+        clips = load_clips(folder, split=split, files=files, text_column=None)
+    else:
+        clips = load_clips(args.dataset, split=split or "train", config=args.dataset_config, audio_column=args.audio_column, limit=args.num_clips)
+    if args.num_clips and args.num_clips < len(clips):
+        clips = random.Random(args.seed).sample(clips, args.num_clips)
+    name = "liteasr_hf shipped clips" if args.dataset is None else args.dataset
+    used = split or ("split file " + os.path.basename(args.split_file) + f" [{args.split or 'calibration'}]" if args.split_file else None)
+    return clips, name + (f" [{used}]" if used else "")
+
+
+def windows_of(clips):
+    from liteasr_hf.audio import windows
+
+    return [(f"{c.id}#{i}" if i else c.id, w) for c in clips for i, w in enumerate(windows(c.audio))]
+
+
+# ---- statistics ------------------------------------------------------------------------------------
+
+
+def gather_stats(model, processor, items, args, device, dtype):
+    from accelerate import PartialState
+
+    from liteasr_hf.calibration.stats import CalibrationStats, collect
+
+    state = PartialState()
+    encoder = model.get_encoder()
+    stats = CalibrationStats.for_encoder(encoder)
+    for path in args.resume_stats:
+        loaded = CalibrationStats.load(path)
+        if {n: s.dim for n, s in loaded.linears.items()} != {n: s.dim for n, s in stats.linears.items()}:
+            raise SystemExit(f"error: {path} holds statistics of a different model")
+        if not state.is_main_process:  # the sums are reduced once: other processes only skip what is seen
+            loaded = CalibrationStats({n: s.dim for n, s in stats.linears.items()}, loaded.seen)
+        stats.merge_(loaded)
+    shard = items[state.process_index :: state.num_processes]
+    seen = set(stats.seen)
+    todo = sum(i not in seen for i, _ in shard)
+    if todo:
+        save = args.save_stats if state.num_processes == 1 else None  # shards are saved once, after the reduce
+        stats = collect(model, processor.feature_extractor, shard, stats, batch_size=args.batch_size, device=device,
+                        dtype=dtype, total=len(shard), save_every=args.save_every, save_path=save, progress=not args.no_progress)
+    stats.all_reduce_()
+    if args.save_stats and state.is_main_process:
+        stats.save(args.save_stats)
+    return stats, state
+
+
+# ---- ranks -----------------------------------------------------------------------------------------
+
+
+def choose_ranks(encoder, pcas, args):
+    from liteasr_hf.calibration.compress import linear_budget, linear_dims
+    from liteasr_hf.calibration.ranks import PRESET_ALIASES, preset_thetas, target_ranks, theta_ranks
+
+    dims = linear_dims(encoder)
+    evals = {n: p[1] for n, p in pcas.items()}
+    if args.target_size is not None:
+        ranks = target_ranks(evals, dims, linear_budget(encoder, args.target_size))
+        return ranks, {"mode": "target-size", "target_size": args.target_size,
+                       "description": f"target size {args.target_size:.0%} of the dense encoder, greedy by variance kept per parameter"}
+    preset = PRESET_ALIASES.get(args.preset, args.preset)
+    ta, tm = preset_thetas(preset)
+    ta = ta if args.theta_attn is None else args.theta_attn
+    tm = tm if args.theta_mlp is None else args.theta_mlp
+    custom = (ta, tm) != preset_thetas(preset)
+    ranks = theta_ranks(evals, dims, ta, tm)
+    label = "custom θ" if custom else f"preset {preset}"
+    return ranks, {"mode": "theta" if custom else preset, "preset": None if custom else preset, "theta_attn": ta, "theta_mlp": tm,
+                   "description": f"{label}: θ attention {ta}, θ MLP {tm} (smallest multiple of 16 above θ; eq. 8)"}
+
+
+def default_output(name: str, args) -> str:
+    base = os.path.basename(name.rstrip("/"))
+    tag = f"size{round(args.target_size * 100)}" if args.target_size is not None else (
+        "custom" if args.theta_attn is not None or args.theta_mlp is not None else args.preset)
+    from liteasr_hf.calibration.ranks import PRESET_ALIASES
+
+    return os.path.join("outputs", f"lite-{base}-{PRESET_ALIASES.get(tag, tag)}")
+
+
+# ---- output ----------------------------------------------------------------------------------------
+
+
+def peak_memory_gb(device) -> float:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def push(folder: str, repo: str, private: bool, token: str | None) -> str:
+    from huggingface_hub import create_repo, upload_folder
+
+    url = create_repo(repo, private=private, token=token, exist_ok=True, repo_type="model")
+    upload_folder(repo_id=repo, folder_path=folder, token=token, commit_message="LiteASR checkpoint (liteasr-hf calibrate.py)")
+    return str(url)
+
+
+def print_summary(ranks, size, dense, seconds, peak, out):
+    from liteasr_hf.calibration.card import ranks_table
+
+    num_layers = 1 + max(int(n.split(".")[1]) for n in ranks)
+    print(ranks_table(ranks, num_layers))
+    print(f"encoder: {size:,} / {dense:,} parameters = {size / dense:.1%} of dense; "
+          f"{sum(k is not None for k in ranks.values())}/{len(ranks)} linears low-rank")
+    print(f"calibration time {seconds:.1f} s, peak memory {peak:.2f} GB")
+    print(f"wrote {out}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from accelerate import PartialState
+
+    from liteasr_hf.calibration.card import INFO_FILE, render_model_card
+    from liteasr_hf.calibration.compress import build_lite_model, encoder_size, factorize, spectra
+
+    t0 = time.perf_counter()
+    state = PartialState()
+    device = args.device or (str(state.device) if state.num_processes > 1 else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype]
+    name, path = resolve(args.model)
+    model, processor = load_dense(path, device, dtype)
+    clips, data_name = calibration_clips(args)
+    items = windows_of(clips)
+    stats, state = gather_stats(model, processor, items, args, device, dtype)
+    if not state.is_main_process:
+        return 0
+    encoder = model.get_encoder()
+    pcas = spectra(stats, args.padding_weight, progress=not args.no_progress)
+    ranks, selection = choose_ranks(encoder, pcas, args)
+    factors = factorize(encoder, pcas, ranks, dtype)
+    lite = build_lite_model(model, ranks, factors)
+    seconds = time.perf_counter() - t0
+    peak = peak_memory_gb(device)
+
+    out = args.output_dir or default_output(name, args)
+    os.makedirs(out, exist_ok=True)
+    lite.save_pretrained(out)
+    processor.save_pretrained(out)
+    size, dense = encoder_size(encoder, ranks)
+    from liteasr_hf import __version__ as version
+
+    info = {
+        "name": os.path.basename(os.path.abspath(out)),
+        "base_model": name,
+        "version": version,
+        "num_layers": len(encoder.layers),
+        "ranks": ranks,
+        "size": {"lite": size, "dense": dense, "fraction": size / dense},
+        "selection": selection,
+        "calibration": {
+            "dataset": data_name, "clips": len(clips), "windows": len(stats.seen), "seed": args.seed,
+            "frames": stats.frames(), "padding_weight": args.padding_weight,
+            "seconds": seconds, "peak_memory_gb": peak, "device": str(device), "dtype": args.dtype,
+            "command": "python scripts/calibrate.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        },
+        "results": [],
+    }
+    with open(os.path.join(out, INFO_FILE), "w") as f:
+        json.dump(info, f, indent=2)
+    render_model_card(out, repo=args.push_to_hub)
+    print_summary(ranks, size, dense, seconds, peak, out)
+
+    if args.push_to_hub:
+        try:
+            url = push(out, args.push_to_hub, args.private, args.token)
+        except Exception as e:  # offline, no token, no rights: the local folder is complete either way
+            print(f"error: push to the Hub as {args.push_to_hub} failed: {type(e).__name__}: {e}\n"
+                  f"The checkpoint is complete in {out}; push it later with "
+                  f"`hf upload {args.push_to_hub} {out}`.", file=sys.stderr)
+            return 3
+        print(f"pushed to {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""End to end on the real tiny.en (bundled, offline): calibrate on a few shipped clips, compress, transcribe;
+and scripts/calibrate.py itself: the no-argument job, resume from statistics, errors, Hub push offline."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jiwer
+import pytest
+import torch
+
+from liteasr_hf.audio import load_clips
+from liteasr_hf.calibration.compress import build_lite_model, encoder_size, factorize, linear_dims, spectra
+from liteasr_hf.calibration.ranks import preset_thetas, theta_ranks
+from liteasr_hf.calibration.stats import collect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "calibrate.py")
+pytestmark = pytest.mark.slow
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("calibrate_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_en():
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from liteasr_hf.conversion import TEST_MODEL, resolve_model
+
+    path = resolve_model(TEST_MODEL)
+    return WhisperForConditionalGeneration.from_pretrained(path).eval(), WhisperProcessor.from_pretrained(path), path
+
+
+CAL_FILES = ["cmu_arctic_aew_a0001.flac", "cmu_arctic_axb_a0004.flac", "osr_us_000_0034_s01.flac", "osr_us_000_0034_s05.flac"]
+EVAL_FILES = ["jfk_inaugural_1961.flac", "librivox_sense_and_sensibility_01_0870.flac", "pocketsphinx_goforward.flac",
+              "librispeech_1272_forte_0.flac"]
+
+
+@pytest.fixture(scope="module")
+def tiny_stats(tiny_en):
+    """Statistics of tiny.en on a handful of shipped calibration clips (both sources)."""
+    model, processor, _ = tiny_en
+    clips = load_clips(files=CAL_FILES)
+    return collect(model, processor.feature_extractor, [(c.id, c.audio) for c in clips], progress=False)
+
+
+@pytest.fixture(scope="module")
+def eval_clips(tiny_en):
+    """Evaluation clips (JFK first) and the dense model's tokens and texts on them."""
+    model, processor, _ = tiny_en
+    clips = load_clips(files=EVAL_FILES)
+    clips.sort(key=lambda c: EVAL_FILES.index(c.id))
+    return clips, *transcribe(model, processor, clips)
+
+
+def transcribe(model, processor, clips):
+    feats = processor.feature_extractor([c.audio for c in clips], sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        tokens = model.generate(feats, num_beams=1, max_new_tokens=96)
+    return tokens, processor.batch_decode(tokens, skip_special_tokens=True)
+
+
+def wer(refs, hyps):
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer({})
+    return jiwer.wer([norm(r) for r in refs], [norm(h) for h in hyps])
+
+
+def compress(model, stats, theta_attn, theta_mlp):
+    enc = model.get_encoder()
+    pcas = spectra(stats, 0.5)
+    ranks = theta_ranks({n: p[1] for n, p in pcas.items()}, linear_dims(enc), theta_attn, theta_mlp)
+    return build_lite_model(model, ranks, factorize(enc, pcas, ranks)).eval(), encoder_size(enc, ranks)
+
+
+def test_near_one_theta_gives_dense_tokens(tiny_en, tiny_stats, eval_clips):
+    model, processor, _ = tiny_en
+    clips, ref, _ = eval_clips
+    lite, (size, dense) = compress(model, tiny_stats, 0.99999, 0.99999)
+    assert size <= dense
+    out, _ = transcribe(lite, processor, clips[:1])  # JFK
+    eos = model.generation_config.eos_token_id
+
+    def upto_eos(t):  # batched outputs carry eos + padding, a single one may end without eos
+        t = t.tolist()
+        return t[: t.index(eos)] if eos in t else t
+
+    assert upto_eos(out[0]) == upto_eos(ref[0])
+
+
+def test_quality_preset_size_and_wer(tiny_en, tiny_stats, eval_clips):
+    model, processor, _ = tiny_en
+    clips, _, dense_texts = eval_clips
+    lite, (size, dense) = compress(model, tiny_stats, *preset_thetas("quality"))
+    assert 0.80 < size / dense < 0.99  # 96 % on 60 clips of speech-dev; fewer clips -> lower ranks
+    lite_encoder = sum(p.numel() for p in lite.get_encoder().parameters())
+    assert lite_encoder == size
+    refs = [c.text for c in clips]
+    dense_wer, lite_wer = wer(refs, dense_texts), wer(refs, transcribe(lite, processor, clips)[1])
+    assert lite_wer <= dense_wer + 0.15, (lite_wer, dense_wer)
+
+
+def run_script(args, cwd, env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, SCRIPT, "--no-progress", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_no_argument_job(tmp_path):
+    """The main job with no options (on tiny.en here; `make demo` runs base). --no-progress only quiets logs."""
+    r = run_script([], tmp_path, {"LITEASR_DEMO_MODEL": "bundled/whisper-tiny.en"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "outputs" / "lite-whisper-tiny.en-balanced"
+    for f in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md", "calibration.json"):
+        assert (out / f).exists(), f
+    assert "of dense" in r.stdout and "peak memory" in r.stdout
+    info = json.loads((out / "calibration.json").read_text())
+    assert info["selection"]["preset"] == "balanced" and info["calibration"]["padding_weight"] == 0.5
+    assert info["calibration"]["clips"] == 16 and 0.8 < info["size"]["fraction"] < 1.0
+    from liteasr_hf import LiteWhisperForConditionalGeneration
+
+    lite = LiteWhisperForConditionalGeneration.from_pretrained(str(out))
+    assert lite.config.low_rank_config and sum(p.numel() for p in lite.get_encoder().parameters()) == info["size"]["lite"]
+    assert "| layer | q_proj" in (out / "README.md").read_text()
+
+
+def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_path):
+    """Reuse saved statistics (no audio pass: their windows are already counted) for a target size; the
+    push then fails offline with exit code 3 after the folder is complete."""
+    _, _, path = tiny_en
+    script = load_script()
+    stats, split = tmp_path / "stats.safetensors", tmp_path / "split.json"
+    tiny_stats.save(str(stats))
+    split.write_text(json.dumps({"calibration": CAL_FILES}))
+    out = tmp_path / "b"
+    code = script.main(["--model", path, "--split-file", str(split), "--resume-stats", str(stats), "--target-size", "0.75",
+                        "--output-dir", str(out), "--push-to-hub", "someone/lite-test", "--no-progress"])
+    assert code == 3
+    info = json.loads((out / "calibration.json").read_text())
+    assert info["size"]["fraction"] <= 0.75 and info["calibration"]["windows"] == len(CAL_FILES)
+    assert info["selection"]["mode"] == "target-size"
+    assert (out / "model.safetensors").exists() and (out / "README.md").exists()
+    for bad in (["--theta-attn", "1.0"], ["--theta-mlp", "0"], ["--target-size", "0"], ["--target-size", "1.5"], ["--padding-weight", "2"]):
+        with pytest.raises(SystemExit):
+            script.parse_args(bad)
+    with pytest.raises(SystemExit, match="already a LiteASR"):
+        script.main(["--model", str(out), "--no-progress"])
