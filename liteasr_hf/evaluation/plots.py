@@ -42,21 +42,20 @@ def pareto(rows: Sequence[dict], references: Sequence[dict], path: str, title: s
     plt.close(fig)
 
 
-def rank_ratios(config) -> list[list[float]]:
-    """[layer][linear] k / min(d_in, d_out) of a (Lite)Whisper config; 1.0 where the linear is dense."""
+def rank_ratios(config, lrc) -> list[list[float]]:
+    """[layer][linear] k / min(d_in, d_out) for a Whisper config and a low_rank_config; 1.0 where dense."""
     from ..lite_whisper.configuration_lite_whisper import LOW_RANK_SHAPES
 
-    lrc = getattr(config, "low_rank_config", None) or [{} for _ in range(config.encoder_layers)]
     return [[layer[n] / min(LOW_RANK_SHAPES[n](config)) if n in layer else 1.0 for n in LINEARS] for layer in lrc]
 
 
-def rank_heatmap(panels: Sequence[tuple[str, object]], path: str):
-    """One heatmap (layers x linears, colour = k/D) per (title, config), side by side."""
+def rank_heatmap(panels: Sequence[tuple[str, list]], config, path: str):
+    """One heatmap (layers x linears, colour = k/D) per (title, low_rank_config) of the model `config`, side by side."""
     plt = _pyplot()
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(2.3 * n + 1.2, 0.25 * panels[0][1].encoder_layers + 2.2), squeeze=False)
-    for ax, (title, config) in zip(axes[0], panels):
-        im = ax.imshow(rank_ratios(config), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    fig, axes = plt.subplots(1, n, figsize=(2.3 * n + 1.2, 0.25 * config.encoder_layers + 2.2), squeeze=False)
+    for ax, (title, lrc) in zip(axes[0], panels):
+        im = ax.imshow(rank_ratios(config, lrc), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(LINEARS)), [s.replace("_proj", "") for s in LINEARS], rotation=90, fontsize=7)
         ax.set_yticks(range(config.encoder_layers), [str(i) for i in range(config.encoder_layers)], fontsize=7)
         ax.set_title(title, fontsize=8)

@@ -111,28 +111,43 @@ def run_sweep(ctx: SweepContext, methods: Sequence[Method], groups, out_dir: str
                     words=s["words"], loops=s["loops"], clips=s["clips"], wall_s=s["wall_s"])
 
     kw = dict(eval_kw, progress=progress, worst=0)
-    dense = evaluate_model(name, groups, model=ctx.model, processor=ctx.processor, **kw)
-    rows = [row("dense", name, dense)]
+    # Each scored point is kept in out_dir/points/, so an interrupted sweep resumes and a new method's curve
+    # is added without re-scoring the others. Delete the folder after changing data or decoding settings.
+    points_dir = os.path.join(out_dir, "points")
+    os.makedirs(points_dir, exist_ok=True)
+
+    def scored(method, label, score):
+        path = os.path.join(points_dir, "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in f"{method}-{label}") + ".json")
+        if not os.path.exists(path):
+            with open(path + ".tmp", "w") as f:
+                json.dump(score(), f)
+            os.replace(path + ".tmp", path)
+        with open(path) as f:
+            return json.load(f)
+
+    rows = [scored("dense", name, lambda: row("dense", name, evaluate_model(name, groups, model=ctx.model, processor=ctx.processor, **kw)))]
     refs = [dict(label=os.path.basename(str(name)), params=rows[0]["params"], wer=rows[0]["wer"])]
     for label, ref in references:
-        r = row("dense", label, evaluate_model(ref, groups, **kw))
+        r = scored("dense", label, lambda: row("dense", label, evaluate_model(ref, groups, **kw)))
         rows.append(r)
         refs.append(dict(label=label, params=r["params"], wer=r["wer"]))
     panels = []
     for m in methods:
         for label, point in m.points:
-            lite = m.build(ctx, point)
-            rows.append(dict(row(m.name, label, evaluate_model(f"{m.name} {label}", groups, model=lite, processor=ctx.processor, **kw)),
-                             low_rank_config=lite.config.low_rank_config))
-            panels.append((f"{m.name}\n{label}: {rows[-1]['size']:.0%}", lite.config))
-            del lite
+            def score():
+                lite = m.build(ctx, point)
+                result = evaluate_model(f"{m.name} {label}", groups, model=lite, processor=ctx.processor, **kw)
+                return dict(row(m.name, label, result), low_rank_config=lite.config.low_rank_config)
+
+            rows.append(scored(m.name, label, score))
+            panels.append((f"{m.name}\n{label}: {rows[-1]['size']:.0%}", rows[-1]["low_rank_config"]))
 
     figures_dir = figures_dir or out_dir
     os.makedirs(out_dir, exist_ok=True)
     os.makedirs(figures_dir, exist_ok=True)
     lite_rows = [r for r in rows if r["method"] != "dense"]
     pareto(lite_rows, refs, os.path.join(figures_dir, "pareto.png"), title=f"{os.path.basename(str(name))}: WER vs encoder size")
-    rank_heatmap(panels, os.path.join(figures_dir, "ranks.png"))
+    rank_heatmap(panels, ctx.model.config, os.path.join(figures_dir, "ranks.png"))
     with open(os.path.join(out_dir, "sweep.json"), "w") as f:
         json.dump(rows, f, indent=1)
     with open(os.path.join(out_dir, "sweep.md"), "w") as f:
