@@ -53,6 +53,17 @@ def parse_args(argv=None):
     g.add_argument("--theta-mlp", type=float, default=None, help="variance kept by MLP linears (overrides the preset)")
     g.add_argument("--target-size", type=float, default=None, help="encoder parameters as a fraction of dense, in (0, 1]: greedy allocation instead of θ")
     g.add_argument("--padding-weight", default="0.5", help="share of the mean/covariance given to padding frames, in [0, 1]; 'all' = every frame alike (paper)")
+    g.add_argument("--allocation", default="sensitivity", choices=["variance", "sensitivity"],
+                   help="with --target-size: ranks by measured effect of each linear on the encoder output per parameter (default; issue 7) "
+                        "or by its own variance kept per parameter")
+    g.add_argument("--sequential", default="off", choices=["off", "self", "dense", "dense+residual"],
+                   help="sequential calibration: off = every linear from the dense statistics (paper); dense+residual = layer by layer, "
+                        "each linear fitted by reduced-rank regression to the dense outputs (undoes upstream error; ~10x slower)")
+    g.add_argument("--probe-clips", type=int, default=8, help="clips used to measure each linear's sensitivity")
+    g.add_argument("--refine-steps", type=int, default=0, help="then refine the factors this many steps (0 = off; early stopping on held-back clips)")
+    g.add_argument("--refine-lr", type=float, default=1e-4)
+    g.add_argument("--refine-train", default="factors", choices=["factors", "factors+norms", "all"])
+    g.add_argument("--refine-kl", type=float, default=0.0, help="weight of the decoder KL on the dense model's greedy transcripts (0 = encoder MSE only)")
     g = p.add_argument_group("statistics")
     g.add_argument("--save-stats", default=None, help="save the statistics here (.safetensors), also during the pass")
     g.add_argument("--resume-stats", action="append", default=[], help="start from saved statistics (repeat to merge several); windows already counted are skipped")
@@ -274,9 +285,42 @@ def main(argv=None) -> int:
         return 0
     encoder = model.get_encoder()
     pcas = spectra(stats, args.padding_weight, progress=not args.no_progress)
-    ranks, selection = choose_ranks(encoder, pcas, args)
-    factors = factorize(encoder, pcas, ranks, dtype)
+    sequential, allocation = args.sequential, args.allocation
+    progress = not args.no_progress
+    feats = real = None
+    if sequential != "off" or args.refine_steps or (args.target_size is not None and allocation == "sensitivity"):
+        from liteasr_hf.calibration.sequential import features_of
+
+        feats, real = features_of(processor.feature_extractor, [a for _, a in items])  # windows are <= 30 s
+    if args.target_size is not None and allocation == "sensitivity":
+        from liteasr_hf.calibration.compress import linear_budget, linear_dims
+        from liteasr_hf.calibration.sensitivity import allocate, measure_gains
+
+        gains = measure_gains(model, feats[: args.probe_clips], real[: args.probe_clips], pcas, pad_weight=args.padding_weight,
+                              batch_size=args.batch_size, progress=progress)
+        ranks = allocate({n: p[1] for n, p in pcas.items()}, linear_dims(encoder), gains, linear_budget(encoder, args.target_size))
+        selection = {"mode": "target-size", "target_size": args.target_size, "allocation": "sensitivity",
+                     "description": f"target size {args.target_size:.0%} of the dense encoder, greedy by measured effect on the encoder output per parameter"}
+    else:
+        ranks, selection = choose_ranks(encoder, pcas, args)
+    if sequential != "off":
+        from liteasr_hf.calibration.sequential import calibrate as sequential_calibrate, fixed_ranks
+
+        factors, _, _ = sequential_calibrate(model, feats, real, fixed_ranks(ranks), target=sequential, pad_weight=args.padding_weight,
+                                             batch_size=args.batch_size, progress=progress)
+        factors = {n: tuple(t.to(device, dtype) for t in f) for n, f in factors.items()}
+    else:
+        factors = factorize(encoder, pcas, ranks, dtype)
+    selection.update(sequential=sequential, refine_steps=args.refine_steps)
     lite = build_lite_model(model, ranks, factors)
+    if args.refine_steps:
+        from liteasr_hf.calibration.refine import refine, teacher_outputs, teacher_tokens
+
+        targets = teacher_outputs(model, feats, args.batch_size)
+        tokens = teacher_tokens(model, feats, args.batch_size) if args.refine_kl else None
+        done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=args.refine_kl, train=args.refine_train,
+                      steps=args.refine_steps, lr=args.refine_lr, pad_weight=args.padding_weight, seed=args.seed, progress=progress)
+        selection.update(refine={k: done[k] for k in ("steps", "initial", "best")})
     seconds = time.perf_counter() - t0
     peak = peak_memory_gb(device)
 

@@ -14,6 +14,8 @@ keeps them in fp32), so the bar is tighter than FlashAttention's own (its baseli
 attention with bf16 intermediates).
 """
 
+import os
+
 import pytest
 import torch
 
@@ -249,3 +251,54 @@ def test_compile_and_cuda_graph_gpu():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, eager, rtol=0, atol=0)
+
+
+def truncated_factors(linear, rank):
+    """Best rank-`rank` factors of a dense nn.Linear (SVD): weight1 [in, k], weight2 [k, out], bias [out]."""
+    u, s, vh = torch.linalg.svd(linear.weight.detach().T.double(), full_matrices=False)
+    bias = linear.bias.detach() if linear.bias is not None else torch.zeros(linear.out_features)
+    return (u[:, :rank] * s[:rank]).float(), vh[:rank].float(), bias.clone()
+
+
+@needs_interpreter
+@pytest.mark.slow
+def test_liteasr_matches_sdpa_on_real_tiny_en(tiny_en_path):
+    """Real tiny.en (head_dim 64) with q/k/v at rank 48 in layers 0 and 3: those self-attentions take the
+    rank-space route through the Triton kernel (interpreted, so only two layers: it is slow at T=1500), and the
+    transcript must equal SDPA's on the same compressed model."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from liteasr_hf import LiteWhisperForConditionalGeneration
+    from liteasr_hf.audio import BUNDLED_CLIPS, decode
+    from liteasr_hf.lite_whisper import attention_lite_whisper
+
+    dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_path).eval()
+    processor = WhisperProcessor.from_pretrained(tiny_en_path)
+    # Weight-SVD factors (not calibrated PCA) at rank 48 degrade tiny.en's transcript: only the two paths are compared.
+    ranks = {"q_proj": 48, "k_proj": 48, "v_proj": 48}
+    layers = (0, 3)
+    factors = {
+        f"layers.{i}.self_attn.{n}": truncated_factors(getattr(dense.model.encoder.layers[i].self_attn, n), r)
+        for i in layers for n, r in ranks.items()
+    }
+    low_rank_config = [dict(ranks) if i in layers else {} for i in range(len(dense.model.encoder.layers))]
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, low_rank_config, factors)
+    audio = decode(os.path.join(BUNDLED_CLIPS, "jfk_inaugural_1961.flac"), "jfk")
+    features = processor.feature_extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features
+
+    calls = []
+    real_core = attention_lite_whisper.attention_core
+
+    def spy(*args, **kwargs):
+        calls.append(kernel_available(args[0].device) and supported(*args[:3]))
+        return real_core(*args, **kwargs)
+
+    tokens = {}
+    for impl in ("sdpa", "liteasr"):
+        lite.set_attn_implementation(impl)
+        with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+            mp.setattr("liteasr_hf.lite_whisper.modeling_lite_whisper.attention_core", spy)
+            tokens[impl] = lite.generate(features, num_beams=1, max_new_tokens=40)
+    assert len(calls) == len(layers) and all(calls)  # the kernel ran in both compressed layers (liteasr only)
+    assert torch.equal(tokens["sdpa"], tokens["liteasr"])
+    assert processor.batch_decode(tokens["liteasr"], skip_special_tokens=True)[0].strip()

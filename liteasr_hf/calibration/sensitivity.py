@@ -1,0 +1,147 @@
+"""Rank allocation for a size target by measured sensitivity, not by each linear's own variance.
+
+The variance rule treats a discarded unit of variance alike everywhere, yet the same local error is
+amplified or damped very differently on its way to the encoder output (residual stream, layer norms,
+softmax, GELU). Here each linear's *gain* is measured once on a few calibration clips: truncate that
+linear alone to a probe rank, run the dense encoder from its layer on, and divide the error at the
+encoder's final output by the error at the linear's own output (both weighted real/padding like the
+statistics, since the decoder attends to padding too). The discarded eigenvalues of a linear, times
+its gain, then estimate what each rank step buys at the output, and ranks are allocated greedily by
+that per parameter spent, in multiples of 16 and with the eq. 8 rule, never above the budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+
+import torch
+from torch import nn
+
+from .compress import linear_budget
+from .ranks import linear_params, theta_rank, worth_it
+from .sequential import _in_out, encoder_inputs, frame_weights
+from .stats import DEFAULT_PADDING_WEIGHT
+
+
+class _Probe(nn.Module):
+    """Returns the rank-k PCA output of a linear and records its weighted squared error."""
+
+    def __init__(self, linear, mean, evecs, k, weights):
+        super().__init__()
+        self.linear, self.weights, self.err = linear, weights, 0.0
+        v = evecs[:, :k].to(linear.weight)
+        self.proj, self.mean = v @ v.T, mean.to(linear.weight)
+
+    def forward(self, x):
+        y = self.linear(x)
+        yk = (y - self.mean) @ self.proj + self.mean
+        self.err += float((((y - yk) ** 2).sum(-1) * self.weights).sum())
+        return yk
+
+
+@torch.no_grad()
+def measure_gains(
+    model: nn.Module,
+    features: torch.Tensor,
+    real: torch.Tensor,
+    pcas: dict,
+    *,
+    probe_theta: float = 0.99,
+    pad_weight: float | None = DEFAULT_PADDING_WEIGHT,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, float]:
+    """{linear: final-output error / own-output error} when that linear alone is cut to the rank
+    keeping `probe_theta` of its variance (capped to the largest rank eq. 8 allows).
+
+    features/real: the probe clips (a few suffice); pcas: {name: (mean, evals, evecs)} of the dense
+    statistics (`sequential.calibrate(..., sequential=False, keep_pcas=True)`).
+    """
+    from tqdm.auto import tqdm
+
+    encoder = copy.deepcopy(model.get_encoder() if hasattr(model, "get_encoder") else model).eval()
+    dev = next(encoder.parameters()).device
+    hidden = [encoder_inputs(encoder, features, batch_size).to(dev)]  # a few probe clips: kept on the device
+    for layer in encoder.layers:  # dense inputs of every layer for the probe clips
+        hidden.append(torch.cat([layer(h, None) for h in hidden[-1].split(batch_size)]))
+    ref = encoder.layer_norm(hidden[-1])
+    w = frame_weights(real.to(torch.long), ref.shape[1], pad_weight).to(dev)
+    gains = {}
+    for name in tqdm(pcas, desc="sensitivity", unit="linear", disable=not progress):
+        mean, evals, evecs = pcas[name]
+        li = int(name.split(".")[1])
+        lin = encoder.get_submodule(name)
+        d_in, d_out = _in_out(lin)
+        k = theta_rank(evals, probe_theta, d_in, d_out) or max(16, 16 * ((d_in * d_out // (d_in + d_out) - 1) // 16))
+        parent, leaf = name.rsplit(".", 1)
+        probe = _Probe(lin, mean, evecs, k, None)
+        setattr(encoder.get_submodule(parent), leaf, probe)
+        final = 0.0
+        try:
+            for i in range(0, len(ref), batch_size):
+                probe.weights = w[i : i + batch_size]
+                h = hidden[li][i : i + batch_size]
+                for layer in encoder.layers[li:]:
+                    h = layer(h, None)
+                final += float((((encoder.layer_norm(h) - ref[i : i + batch_size]) ** 2).sum(-1) * probe.weights).sum())
+        finally:
+            setattr(encoder.get_submodule(parent), leaf, lin)
+        gains[name] = final / max(probe.err, 1e-30)
+    return gains
+
+
+def allocate(spectra: dict, dims: dict, gains: dict, budget: int, multiple: int = 16) -> dict:
+    """Greedy ranks under a weight-parameter budget (never exceeded): each step (+`multiple`
+    components, or going dense once the next rank fails eq. 8) is scored by gain x variance it keeps
+    per parameter it costs, in absolute units, so linears compete on their effect at the output."""
+    ranks = {n: multiple for n in spectra}
+    used = sum(linear_params(multiple, *dims[n]) for n in spectra)
+    if used > budget:
+        raise ValueError(f"budget of {budget:,} weight parameters is below the minimum ({used:,}: every linear at rank {multiple})")
+    cum = {n: torch.cat([torch.zeros(1, dtype=torch.float64), ev.double().clamp_min(0).cumsum(0)]) for n, ev in spectra.items()}
+
+    def step(n):
+        k = ranks[n]
+        if k is None:
+            return None
+        d_in, d_out = dims[n]
+        nxt = k + multiple if worth_it(k + multiple, d_in, d_out) and k + multiple < len(spectra[n]) else None
+        cost = linear_params(nxt, d_in, d_out) - linear_params(k, d_in, d_out)
+        kept = float(cum[n][-1 if nxt is None else nxt] - cum[n][k]) * gains[n]
+        return (-kept / cost, n, nxt, cost)
+
+    heap = [s for s in map(step, spectra) if s is not None]
+    heapq.heapify(heap)
+    while heap:
+        _, n, nxt, cost = heapq.heappop(heap)
+        if used + cost > budget:
+            continue  # this linear cannot grow within the budget; cheaper steps elsewhere may still fit
+        ranks[n], used = nxt, used + cost
+        s = step(n)
+        if s is not None:
+            heapq.heappush(heap, s)
+    return ranks
+
+
+def sensitivity_ranks(
+    model: nn.Module,
+    features: torch.Tensor,
+    real: torch.Tensor,
+    target: float,
+    pcas: dict,
+    *,
+    probe_clips: int = 8,
+    probe_theta: float = 0.99,
+    pad_weight: float | None = DEFAULT_PADDING_WEIGHT,
+    batch_size: int = 8,
+    progress: bool = True,
+):
+    """Ranks for an encoder of `target` x its dense size: (ranks, gains). The gains are measured on
+    the first `probe_clips` clips; the spectra are the dense statistics' (`pcas`)."""
+    encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
+    gains = measure_gains(model, features[:probe_clips], real[:probe_clips], pcas, probe_theta=probe_theta,
+                          pad_weight=pad_weight, batch_size=batch_size, progress=progress)
+    dims = {n: _in_out(encoder.get_submodule(n)) for n in pcas}
+    ranks = allocate({n: p[1] for n, p in pcas.items()}, dims, gains, linear_budget(encoder, target))
+    return ranks, gains
