@@ -71,14 +71,24 @@ def linear_params(k: int | None, d_in: int, d_out: int) -> int:
 
 
 def target_ranks(spectra: dict, dims: dict, budget: int, multiple: int = 16) -> dict:
-    """Greedy allocation under a parameter budget for the linears' weights, which is never exceeded.
+    """Greedy allocation by variance kept per parameter. Variance is each linear's own fraction, so wide
+    and narrow linears compete on equal terms."""
+    fracs = {n: explained(ev) for n, ev in spectra.items()}
 
-    Every linear starts at rank `multiple`; then the step (next +`multiple` components, or going dense
-    once the next rank fails eq. 8) with the most variance kept per parameter spent is taken, as long as
-    it fits. Variance is each linear's own fraction, so wide and narrow linears compete on equal terms.
+    def value(n, k, nxt):
+        return (1.0 if nxt is None else float(fracs[n][nxt - 1])) - float(fracs[n][k - 1])
+
+    return greedy_ranks(spectra, dims, budget, value, multiple)
+
+
+def greedy_ranks(spectra: dict, dims: dict, budget: int, value, multiple: int = 16) -> dict:
+    """Ranks under a parameter budget for the linears' weights, which is never exceeded.
+
+    Every linear starts at rank `multiple`; then the step (next +`multiple` components, or going dense once
+    the next rank fails eq. 8) with the most `value(name, k, next_k)` (next_k None = dense) per parameter
+    spent is taken, as long as it fits.
     """
     ranks = {n: multiple for n in spectra}
-    fracs = {n: explained(ev) for n, ev in spectra.items()}
     used = sum(linear_params(multiple, *dims[n]) for n in spectra)
     if any(not worth_it(multiple, *dims[n]) for n in spectra):
         raise ValueError(f"a linear is too small for rank {multiple}; nothing to compress")
@@ -91,10 +101,9 @@ def target_ranks(spectra: dict, dims: dict, budget: int, multiple: int = 16) -> 
         if k is None:
             return None
         d_in, d_out = dims[n]
-        nxt = k + multiple if worth_it(k + multiple, d_in, d_out) and k + multiple < len(fracs[n]) else None
+        nxt = k + multiple if worth_it(k + multiple, d_in, d_out) and k + multiple < len(spectra[n]) else None
         cost = linear_params(nxt, d_in, d_out) - linear_params(k, d_in, d_out)
-        gain = (1.0 if nxt is None else float(fracs[n][nxt - 1])) - float(fracs[n][k - 1])
-        return (-gain / cost, n, nxt, cost)
+        return (-value(n, k, nxt) / cost, n, nxt, cost)
 
     heap = [s for s in map(step, spectra) if s is not None]
     heapq.heapify(heap)

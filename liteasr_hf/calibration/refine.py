@@ -18,7 +18,6 @@ Runs on whatever `accelerate` picks (GPU when there is one; CPU is fine for tiny
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch

@@ -13,13 +13,12 @@ that per parameter spent, in multiples of 16 and with the eq. 8 rule, never abov
 from __future__ import annotations
 
 import copy
-import heapq
 
 import torch
 from torch import nn
 
 from .compress import linear_budget
-from .ranks import linear_params, theta_rank, worth_it
+from .ranks import greedy_ranks, theta_rank
 from .sequential import _in_out, encoder_inputs, frame_weights
 from .stats import DEFAULT_PADDING_WEIGHT
 
@@ -92,36 +91,14 @@ def measure_gains(
 
 
 def allocate(spectra: dict, dims: dict, gains: dict, budget: int, multiple: int = 16) -> dict:
-    """Greedy ranks under a weight-parameter budget (never exceeded): each step (+`multiple`
-    components, or going dense once the next rank fails eq. 8) is scored by gain x variance it keeps
-    per parameter it costs, in absolute units, so linears compete on their effect at the output."""
-    ranks = {n: multiple for n in spectra}
-    used = sum(linear_params(multiple, *dims[n]) for n in spectra)
-    if used > budget:
-        raise ValueError(f"budget of {budget:,} weight parameters is below the minimum ({used:,}: every linear at rank {multiple})")
+    """Greedy ranks under a weight-parameter budget (never exceeded): each step is scored by gain x the
+    variance it keeps, in absolute units, per parameter it costs, so linears compete on their effect at the output."""
     cum = {n: torch.cat([torch.zeros(1, dtype=torch.float64), ev.double().clamp_min(0).cumsum(0)]) for n, ev in spectra.items()}
 
-    def step(n):
-        k = ranks[n]
-        if k is None:
-            return None
-        d_in, d_out = dims[n]
-        nxt = k + multiple if worth_it(k + multiple, d_in, d_out) and k + multiple < len(spectra[n]) else None
-        cost = linear_params(nxt, d_in, d_out) - linear_params(k, d_in, d_out)
-        kept = float(cum[n][-1 if nxt is None else nxt] - cum[n][k]) * gains[n]
-        return (-kept / cost, n, nxt, cost)
+    def value(n, k, nxt):
+        return float(cum[n][-1 if nxt is None else nxt] - cum[n][k]) * gains[n]
 
-    heap = [s for s in map(step, spectra) if s is not None]
-    heapq.heapify(heap)
-    while heap:
-        _, n, nxt, cost = heapq.heappop(heap)
-        if used + cost > budget:
-            continue  # this linear cannot grow within the budget; cheaper steps elsewhere may still fit
-        ranks[n], used = nxt, used + cost
-        s = step(n)
-        if s is not None:
-            heapq.heappush(heap, s)
-    return ranks
+    return greedy_ranks(spectra, dims, budget, value, multiple)
 
 
 def sensitivity_ranks(

@@ -229,7 +229,7 @@ def real_frame_count(num_samples: int, samples_per_frame: int = 320, max_frames:
 def collect(
     model,
     feature_extractor,
-    windows: Iterable[tuple[str, "np.ndarray"]],
+    windows: Iterable[tuple[str, object]],  # (id, 16 kHz mono float array)
     stats: CalibrationStats | None = None,
     *,
     batch_size: int = 8,
