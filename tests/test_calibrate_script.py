@@ -117,18 +117,28 @@ def test_no_argument_job(tmp_path):
     """The main job with no options (on tiny.en here; `make demo` runs base). --no-progress only quiets logs."""
     r = run_script([], tmp_path, {"LITEASR_DEMO_MODEL": "bundled/whisper-tiny.en"})
     assert r.returncode == 0, r.stderr[-3000:]
-    out = tmp_path / "outputs" / "lite-whisper-tiny.en-balanced"
+    out = tmp_path / "outputs" / "lite-whisper-tiny.en-size80"
     for f in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md", "calibration.json"):
         assert (out / f).exists(), f
     assert "of dense" in r.stdout and "peak memory" in r.stdout
     info = json.loads((out / "calibration.json").read_text())
-    assert info["selection"]["preset"] == "balanced" and info["calibration"]["padding_weight"] == 0.5
-    assert info["calibration"]["clips"] == 16 and 0.8 < info["size"]["fraction"] < 1.0
+    assert info["selection"]["allocation"] == "sensitivity" and info["calibration"]["padding_weight"] == 0.5
+    assert info["calibration"]["clips"] == 21 and info["size"]["fraction"] <= 0.8
     from liteasr_hf import LiteWhisperForConditionalGeneration
 
     lite = LiteWhisperForConditionalGeneration.from_pretrained(str(out))
     assert lite.config.low_rank_config and sum(p.numel() for p in lite.get_encoder().parameters()) == info["size"]["lite"]
     assert "| layer | q_proj" in (out / "README.md").read_text()
+    # The checkpoint must still transcribe held-out speech (16 clips of ARCTIC + 8 kHz OSR once garbled JFK on base).
+    from transformers import WhisperProcessor
+
+    from liteasr_hf.audio import BUNDLED_CLIPS, decode
+
+    processor = WhisperProcessor.from_pretrained(str(out))
+    audio = decode(os.path.join(BUNDLED_CLIPS, "jfk_inaugural_1961.flac"), "jfk")
+    features = processor.feature_extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features
+    text = processor.batch_decode(lite.eval().generate(features, num_beams=1, max_new_tokens=40), skip_special_tokens=True)[0]
+    assert "fellow americans" in text.lower() and "your country" in text.lower(), text
 
 
 def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_path):
