@@ -278,6 +278,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from accelerate import PartialState
 
+    from liteasr_hf import save_lite_checkpoint
     from liteasr_hf.calibration.card import INFO_FILE, render_model_card
     from liteasr_hf.calibration.compress import build_lite_model, encoder_size, factorize, spectra
 
@@ -335,8 +336,7 @@ def main(argv=None) -> int:
 
     out = args.output_dir or default_output(name, args)
     os.makedirs(out, exist_ok=True)
-    lite.save_pretrained(out)
-    processor.save_pretrained(out)
+    save_lite_checkpoint(lite, out, processor)
     size, dense = encoder_size(encoder, ranks)
     from liteasr_hf import __version__ as version
 
