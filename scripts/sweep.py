@@ -2,8 +2,8 @@
 """Accuracy/size sweep: calibrate once, compress at every grid point, score each, plot the frontier.
 
     python scripts/sweep.py --model bundled/whisper-base --dataset ../shared/data/speech-dev \\
-        --presets a b c --target-sizes 0.75 0.6 0.5 --reference bundled/whisper-tiny.en \\
-        --figures-dir model_cards/figures
+        --presets a b c --target-sizes 0.75 0.6 0.5 --paper --sensitivity-sizes 0.8 0.65 \\
+        --refine-sizes 0.8 0.65 --reference bundled/whisper-tiny.en --figures-dir model_cards/figures/base
 
 Writes sweep.md / sweep.json (one row per grid point, the dense model first), pareto.png (WER vs encoder
 size, one curve per method, dense models as stars) and ranks.png (k/D per linear and layer).
@@ -28,8 +28,13 @@ def main(argv=None):
     p.add_argument("--presets", nargs="*", default=["a", "b", "c"], help="θ presets (a/b/c or quality/balanced/fast)")
     p.add_argument("--theta", nargs="*", default=[], metavar="ATTN,MLP", help="extra θ pairs, e.g. 0.995,0.995")
     p.add_argument("--target-sizes", nargs="*", type=float, default=[0.75, 0.6, 0.5])
+    p.add_argument("--sensitivity-sizes", nargs="*", type=float, default=[],
+                   help="size targets for ranks allocated by measured sensitivity (issue 7), e.g. 0.8 0.65")
+    p.add_argument("--refine-sizes", nargs="*", type=float, default=[],
+                   help="size targets for sensitivity allocation followed by factor refinement (encoder MSE), e.g. 0.8 0.65")
+    p.add_argument("--refine-steps", type=int, default=90, help="refinement steps of --refine-sizes (early stopping on held-back windows)")
     p.add_argument("--padding-weight", default="0.5", help="padding frames' share of the statistics; 'all' = every frame alike (paper)")
-    p.add_argument("--paper", action="store_true", help="also draw the θ presets with the paper's all-frames statistics")
+    p.add_argument("--paper", action="store_true", help="also draw the θ presets and target sizes with the paper's all-frames statistics")
     p.add_argument("--reference", action="append", default=[], help="other dense models drawn as reference points")
     p.add_argument("--stats", help="statistics file, reused when present (default: <output-dir>/stats.safetensors)")
     p.add_argument("--limit", type=int, help="at most this many evaluation clips")
@@ -41,7 +46,7 @@ def main(argv=None):
 
     from liteasr_hf.audio import load_clips
     from liteasr_hf.evaluation import load_groups, load_model
-    from liteasr_hf.evaluation.sweep import calibration_context, run_sweep, sweep_markdown, target_size_method, theta_method
+    from liteasr_hf.evaluation.sweep import calibration_context, run_sweep, sensitivity_method, sweep_markdown, target_size_method, theta_method
 
     pw = None if args.padding_weight == "all" else float(args.padding_weight)
     model, processor, _ = load_model(args.model)
@@ -54,6 +59,12 @@ def main(argv=None):
         methods.append(theta_method(thetas, None, name="θ rule, all frames (paper)"))
     if args.target_sizes:
         methods.append(target_size_method(args.target_sizes, pw))
+        if args.paper:
+            methods.append(target_size_method(args.target_sizes, None, name="target size, all frames (paper)"))
+    if args.sensitivity_sizes:
+        methods.append(sensitivity_method(args.sensitivity_sizes, pw))
+    if args.refine_sizes:
+        methods.append(sensitivity_method(args.refine_sizes, pw, refine_steps=args.refine_steps))
     groups = load_groups(args.dataset, split=args.evaluation_split, limit=args.limit)
     rows = run_sweep(ctx, methods, groups, args.output_dir, name=args.model,
                      references=[(os.path.basename(r), r) for r in args.reference], figures_dir=args.figures_dir,

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from liteasr_hf.audio import Clip
-from liteasr_hf.evaluation.sweep import calibration_context, run_sweep, target_size_method, theta_method
+from liteasr_hf.evaluation.sweep import calibration_context, run_sweep, sensitivity_method, target_size_method, theta_method
 from modeling_utils import tiny_audio, tiny_processor, tiny_whisper
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -17,15 +17,19 @@ def test_sweep_writes_table_and_plots(tmp_path):
     clips = [Clip(f"c{i}", tiny_audio(i, 0.3 + 0.1 * i), "a b c", "synthetic") for i in range(6)]
     stats_path = str(tmp_path / "stats.safetensors")
     ctx = calibration_context(model, processor, clips[:4], stats_path, batch_size=4, progress=False)
-    methods = [theta_method(["a", (0.9, 0.9)]), target_size_method([0.9, 0.8], name="target size")]
+    methods = [theta_method(["a", (0.9, 0.9)]), target_size_method([0.9, 0.8], name="target size"),
+               sensitivity_method([0.85], probe_clips=2, name="sensitivity"),
+               sensitivity_method([0.85], probe_clips=2, refine_steps=2, name="sensitivity + refinement")]
     rows = run_sweep(ctx, methods, [("synthetic", clips[4:])], str(tmp_path / "out"), name="tiny", progress=False,
                      max_new_tokens=8)
     assert [(r["method"], r["label"]) for r in rows] == [
         ("dense", "tiny"), ("θ rule (padding weight 0.5)", "a"), ("θ rule (padding weight 0.5)", "0.9/0.9"),
-        ("target size", "90%"), ("target size", "80%")]
-    assert all(r["size"] <= s + 1e-9 for r, s in zip(rows[3:], (0.9, 0.8))) and rows[0]["size"] == 1.0
-    assert len(json.load(open(tmp_path / "out" / "sweep.json"))) == 5
-    assert sum(line.startswith("| ") for line in open(tmp_path / "out" / "sweep.md")) == 6  # header + 5 rows
+        ("target size", "90%"), ("target size", "80%"), ("sensitivity", "85%"), ("sensitivity + refinement", "85%")]
+    assert all(r["size"] <= s + 1e-9 for r, s in zip(rows[3:], (0.9, 0.8, 0.85, 0.85))) and rows[0]["size"] == 1.0
+    assert rows[5]["low_rank_config"] == rows[6]["low_rank_config"]  # same gains (measured once, shared), same ranks
+    assert len(ctx.cache) == 1
+    assert len(json.load(open(tmp_path / "out" / "sweep.json"))) == 7
+    assert sum(line.startswith("| ") for line in open(tmp_path / "out" / "sweep.md")) == 8  # header + 7 rows
     for png in ("pareto.png", "ranks.png"):
         data = (tmp_path / "out" / png).read_bytes()
         assert data[:8] == PNG and len(data) > 10_000

@@ -49,7 +49,8 @@ def teacher_tokens(dense_model: nn.Module, features: torch.Tensor, batch_size: i
     """Teacher forcing targets for the KL loss: for each clip, the dense model's greedy token ids
     (prompt included) and its log-probabilities over them [len - 1, vocab] (float16, CPU)."""
     p = next(dense_model.parameters())
-    generate_kwargs = {"max_new_tokens": 128, **generate_kwargs}
+    # 128 new tokens cover 30 s of speech; the prompt (<= 4 tokens) must fit the decoder's positions too.
+    generate_kwargs = {"max_new_tokens": min(128, dense_model.config.max_target_positions - 4), **generate_kwargs}
     out = []
     for f in features.split(batch_size):
         f = f.to(p.device, p.dtype)
@@ -65,7 +66,7 @@ def teacher_tokens(dense_model: nn.Module, features: torch.Tensor, batch_size: i
     return out
 
 
-def _kl(model, enc_out, targets):
+def kl_to_teacher(model, enc_out, targets):
     """Mean over tokens of KL(teacher || student) for each clip in the batch (decoder frozen)."""
     total = 0.0
     for e, (ids, t_logp) in zip(enc_out, targets):
@@ -157,7 +158,7 @@ def refine(
         w = weights[idx].to(acc.device)
         loss = (((out - targets[idx].to(acc.device)) ** 2).mean(-1) * w).sum() / len(idx)
         if kl_weight:
-            loss = loss + kl_weight * _kl(core, out.to(dtype), [token_targets[int(i)] for i in idx])
+            loss = loss + kl_weight * kl_to_teacher(core, out.to(dtype), [token_targets[int(i)] for i in idx])
         return loss
 
     @torch.no_grad()

@@ -34,6 +34,14 @@ def pareto(rows: Sequence[dict], references: Sequence[dict], path: str, title: s
         ax.annotate(r["label"], (r["params"] / 1e6, 100 * r["wer"]), textcoords="offset points", xytext=(5, -10), fontsize=8)
     ax.set_xlabel("encoder parameters (M)")
     ax.set_ylabel("WER (%)")
+    wers = [r["wer"] for r in list(rows) + list(references)]
+    if wers and min(wers) > 0 and max(wers) > 5 * min(wers):  # collapsed points (loops: WER > 100 %) would flatten the rest
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_ylabel("WER (%, log scale)")
     ax.set_title(title or "WER vs encoder size (★ dense models)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -97,6 +97,14 @@ def generate_kwargs(model, language=None, task=None, max_new_tokens=MAX_NEW_TOKE
     return kw
 
 
+class _KnownLengthWarning(logging.Filter):
+    """Whisper checkpoints ship max_length=448 in their generation config, so every generate call with our
+    deliberate max_new_tokens warns "Both max_new_tokens and max_length": once per batch, nothing to act on."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Both `max_new_tokens`")
+
+
 @torch.inference_mode()
 def transcribe(model, processor, audios: Sequence, batch_size=8, **gen) -> tuple[list[str], list[bool]]:
     """(texts, capped) for 16 kHz mono arrays, in their order. Clips over 30 s go through Whisper's
@@ -105,18 +113,23 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, **gen) -> tuple
     special = set(processor.tokenizer.all_special_ids)
     texts, capped = [None] * len(audios), [False] * len(audios)
     order = sorted(range(len(audios)), key=lambda i: len(audios[i]))  # similar lengths batch with less padding
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        feats = fe([audios[i] for i in idx], sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False,
-                   padding="longest", pad_to_multiple_of=fe.n_samples, return_attention_mask=True)
-        long_form = feats.input_features.shape[-1] > fe.nb_max_frames
-        out = model.generate(feats.input_features.to(model.device, model.dtype), attention_mask=feats.attention_mask.to(model.device),
-                             return_timestamps=long_form or None, **gen)
-        seqs = out if torch.is_tensor(out) else out["sequences"]
-        for j, i in enumerate(idx):
-            texts[i] = processor.tokenizer.decode(seqs[j], skip_special_tokens=True).strip()
-            # At the cap every new token is text (the last one may be a special token that arrived too late).
-            capped[i] = not long_form and sum(t not in special for t in seqs[j].tolist()) >= gen["max_new_tokens"] - 1
+    generation_logger, quiet = logging.getLogger("transformers.generation.utils"), _KnownLengthWarning()
+    generation_logger.addFilter(quiet)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            feats = fe([audios[i] for i in idx], sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False,
+                       padding="longest", pad_to_multiple_of=fe.n_samples, return_attention_mask=True)
+            long_form = feats.input_features.shape[-1] > fe.nb_max_frames
+            out = model.generate(feats.input_features.to(model.device, model.dtype), attention_mask=feats.attention_mask.to(model.device),
+                                 return_timestamps=long_form or None, **gen)
+            seqs = out if torch.is_tensor(out) else out["sequences"]
+            for j, i in enumerate(idx):
+                texts[i] = processor.tokenizer.decode(seqs[j], skip_special_tokens=True).strip()
+                # At the cap every new token is text (the last one may be a special token that arrived too late).
+                capped[i] = not long_form and sum(t not in special for t in seqs[j].tolist()) >= gen["max_new_tokens"] - 1
+    finally:
+        generation_logger.removeFilter(quiet)
     return texts, capped
 
 

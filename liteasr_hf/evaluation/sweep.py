@@ -2,7 +2,7 @@
 
 A compression method is a `Method`: a curve name, its grid points and a `build(ctx, point)` returning a
 lite model. `theta_method` (LiteASR θ pairs / presets) and `target_size_method` (greedy allocation under a
-size budget) are built in; other calibration variants plug in as further `Method`s, each its own curve.
+size budget) and `sensitivity_method` (allocation by measured effect on the output) are built in; other calibration variants plug in as further `Method`s, each its own curve.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class SweepContext:
     clips: list
     stats: Any
     _pcas: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)  # what methods compute once per sweep and share (log-mels, gains)
 
     def pcas(self, padding_weight=DEFAULT_PADDING_WEIGHT) -> dict:
         from ..calibration.compress import spectra
@@ -79,14 +80,52 @@ def target_size_method(sizes: Sequence[float] = (0.75, 0.6, 0.5), padding_weight
     return Method(name or f"target size ({weighting})", [(f"{s:.0%}", s) for s in sizes], build)
 
 
+def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFAULT_PADDING_WEIGHT, probe_clips: int = 8,
+                       refine_steps: int = 0, name=None) -> Method:
+    """Issue 7: ranks for a size target by each linear's measured effect on the encoder output (gains
+    measured once per sweep on the first `probe_clips` calibration windows), PCA factors as the paper;
+    with `refine_steps`, the factors are then refined on encoder-output MSE (refine.refine defaults:
+    20 % of the windows held back for early stopping, seed 0)."""
+    from ..calibration.compress import linear_budget, linear_dims
+    from ..calibration.sensitivity import allocate, measure_gains
+    from ..calibration.sequential import features_of
+
+    def build(ctx, size):
+        pcas, enc = ctx.pcas(padding_weight), ctx.model.get_encoder()
+        cache = ctx.cache.setdefault(("sensitivity", padding_weight, probe_clips), {})
+        if not cache:  # log-mels, gains (and the dense encoder's outputs) once per sweep
+            fe = ctx.processor.feature_extractor
+            cache["feats"], cache["real"] = features_of(fe, [w for _, w in calibration_windows(ctx.clips, fe)])
+            cache["gains"] = measure_gains(ctx.model, cache["feats"][:probe_clips], cache["real"][:probe_clips], pcas,
+                                           pad_weight=padding_weight)
+        ranks = allocate({n: p[1] for n, p in pcas.items()}, linear_dims(enc), cache["gains"], linear_budget(enc, size))
+        lite = _lite_from_ranks(ctx, ranks, pcas)
+        if refine_steps:
+            from ..calibration.refine import refine, teacher_outputs
+
+            if "targets" not in cache:
+                cache["targets"] = teacher_outputs(ctx.model, cache["feats"])
+            refine(lite, cache["feats"], cache["real"], cache["targets"], steps=refine_steps, pad_weight=padding_weight)
+        return lite.eval()
+
+    return Method(name or ("sensitivity allocation" + (f" + {refine_steps} refinement steps" if refine_steps else "")),
+                  [(f"{s:.0%}", s) for s in sizes], build)
+
+
+def calibration_windows(clips, feature_extractor) -> list[tuple[str, Any]]:
+    """(id, audio) of every <= 30 s window of the clips: what statistics and probes are computed on."""
+    from ..audio import windows
+
+    return [(f"{c.id}#{i}" if i else c.id, w) for c in clips for i, w in enumerate(windows(c.audio, feature_extractor.chunk_length))]
+
+
 def calibration_context(model, processor, clips, stats_path=None, batch_size=8, progress=True) -> SweepContext:
     """Collect the dense model's statistics over `clips` once; with `stats_path` they are loaded from there
     when present (windows already counted are skipped) and saved there."""
-    from ..audio import windows
     from ..calibration.stats import CalibrationStats, collect
 
     stats = CalibrationStats.load(stats_path) if stats_path and os.path.exists(stats_path) else None
-    items = [(f"{c.id}#{i}" if i else c.id, w) for c in clips for i, w in enumerate(windows(c.audio, processor.feature_extractor.chunk_length))]
+    items = calibration_windows(clips, processor.feature_extractor)
     stats = collect(model, processor.feature_extractor, items, stats, batch_size=batch_size, device=model.device,
                     dtype=model.dtype, total=len(items), save_path=stats_path, progress=progress)
     return SweepContext(model, processor, clips, stats)
@@ -119,8 +158,9 @@ def run_sweep(ctx: SweepContext, methods: Sequence[Method], groups, out_dir: str
     def scored(method, label, score):
         path = os.path.join(points_dir, "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in f"{method}-{label}") + ".json")
         if not os.path.exists(path):
+            result = score()  # before opening the file: an interrupted point leaves nothing behind
             with open(path + ".tmp", "w") as f:
-                json.dump(score(), f)
+                json.dump(result, f)
             os.replace(path + ".tmp", path)
         with open(path) as f:
             return json.load(f)
