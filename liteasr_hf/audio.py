@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -189,8 +189,7 @@ def _load_hub(dataset, split, config, audio_column, text_column, limit) -> list[
     return clips
 
 
-def iter_windows(clips: Sequence[Clip]) -> Iterator[tuple[Clip, np.ndarray]]:
-    """Each clip's 30 s windows, for work (calibration) that sees the encoder's fixed input length."""
-    for clip in clips:
-        for w in windows(clip.audio):
-            yield clip, w
+def window_items(clips: Sequence[Clip]) -> list[tuple[str, np.ndarray]]:
+    """(id, audio) of each clip's 30 s windows (`id#i` after the first), for work that sees the encoder's
+    fixed input length: calibration statistics, sensitivity probes, refinement."""
+    return [(f"{c.id}#{i}" if i else c.id, w) for c in clips for i, w in enumerate(windows(c.audio))]

@@ -174,12 +174,6 @@ def calibration_clips(args):
     return clips, name + (f" [{used}]" if used else "")
 
 
-def windows_of(clips):
-    from liteasr_hf.audio import windows
-
-    return [(f"{c.id}#{i}" if i else c.id, w) for c in clips for i, w in enumerate(windows(c.audio))]
-
-
 # ---- statistics ------------------------------------------------------------------------------------
 
 
@@ -280,6 +274,7 @@ def main(argv=None) -> int:
     from accelerate import PartialState
 
     from liteasr_hf import save_lite_checkpoint
+    from liteasr_hf.audio import window_items
     from liteasr_hf.calibration.card import INFO_FILE, render_model_card
     from liteasr_hf.calibration.compress import build_lite_model, encoder_size, factorize, spectra
 
@@ -290,7 +285,7 @@ def main(argv=None) -> int:
     name, path = resolve(args.model)
     model, processor = load_dense(path, device, dtype)
     clips, data_name = calibration_clips(args)
-    items = windows_of(clips)
+    items = window_items(clips)
     stats, state = gather_stats(model, processor, items, args, device, dtype)
     if not state.is_main_process:
         return 0

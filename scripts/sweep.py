@@ -32,7 +32,8 @@ def main(argv=None):
                    help="size targets for ranks allocated by measured sensitivity (issue 7), e.g. 0.8 0.65")
     p.add_argument("--refine-sizes", nargs="*", type=float, default=[],
                    help="size targets for sensitivity allocation followed by factor refinement (encoder MSE), e.g. 0.8 0.65")
-    p.add_argument("--refine-steps", type=int, default=90, help="refinement steps of --refine-sizes (early stopping on held-back windows)")
+    p.add_argument("--refine-steps", nargs="+", type=int, default=[90],
+                   help="at most this many refinement steps for --refine-sizes (early stopping on held-back windows); one curve per value")
     p.add_argument("--padding-weight", default="0.5", help="padding frames' share of the statistics; 'all' = every frame alike (paper)")
     p.add_argument("--paper", action="store_true", help="also draw the θ presets and target sizes with the paper's all-frames statistics")
     p.add_argument("--reference", action="append", default=[], help="other dense models drawn as reference points")
@@ -63,8 +64,8 @@ def main(argv=None):
             methods.append(target_size_method(args.target_sizes, None, name="target size, all frames (paper)"))
     if args.sensitivity_sizes:
         methods.append(sensitivity_method(args.sensitivity_sizes, pw))
-    if args.refine_sizes:
-        methods.append(sensitivity_method(args.refine_sizes, pw, refine_steps=args.refine_steps))
+    for steps in args.refine_steps if args.refine_sizes else ():
+        methods.append(sensitivity_method(args.refine_sizes, pw, refine_steps=steps))
     groups = load_groups(args.dataset, split=args.evaluation_split, limit=args.limit)
     rows = run_sweep(ctx, methods, groups, args.output_dir, name=args.model,
                      references=[(os.path.basename(r), r) for r in args.reference], figures_dir=args.figures_dir,

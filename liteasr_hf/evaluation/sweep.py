@@ -2,7 +2,8 @@
 
 A compression method is a `Method`: a curve name, its grid points and a `build(ctx, point)` returning a
 lite model. `theta_method` (LiteASR θ pairs / presets) and `target_size_method` (greedy allocation under a
-size budget) and `sensitivity_method` (allocation by measured effect on the output) are built in; other calibration variants plug in as further `Method`s, each its own curve.
+size budget) and `sensitivity_method` (allocation by measured effect on the output, optionally refined) are
+built in; other calibration variants plug in as further `Method`s, each its own curve.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFA
     20 % of the windows held back for early stopping, seed 0)."""
     from ..calibration.compress import linear_budget, linear_dims
     from ..calibration.sensitivity import allocate, measure_gains
+    from ..audio import window_items
     from ..calibration.sequential import features_of
 
     def build(ctx, size):
@@ -95,7 +97,7 @@ def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFA
         cache = ctx.cache.setdefault(("sensitivity", padding_weight, probe_clips), {})
         if not cache:  # log-mels, gains (and the dense encoder's outputs) once per sweep
             fe = ctx.processor.feature_extractor
-            cache["feats"], cache["real"] = features_of(fe, [w for _, w in calibration_windows(ctx.clips, fe)])
+            cache["feats"], cache["real"] = features_of(fe, [w for _, w in window_items(ctx.clips)])
             cache["gains"] = measure_gains(ctx.model, cache["feats"][:probe_clips], cache["real"][:probe_clips], pcas,
                                            pad_weight=padding_weight)
         ranks = allocate({n: p[1] for n, p in pcas.items()}, linear_dims(enc), cache["gains"], linear_budget(enc, size))
@@ -112,20 +114,14 @@ def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFA
                   [(f"{s:.0%}", s) for s in sizes], build)
 
 
-def calibration_windows(clips, feature_extractor) -> list[tuple[str, Any]]:
-    """(id, audio) of every <= 30 s window of the clips: what statistics and probes are computed on."""
-    from ..audio import windows
-
-    return [(f"{c.id}#{i}" if i else c.id, w) for c in clips for i, w in enumerate(windows(c.audio, feature_extractor.chunk_length))]
-
-
 def calibration_context(model, processor, clips, stats_path=None, batch_size=8, progress=True) -> SweepContext:
     """Collect the dense model's statistics over `clips` once; with `stats_path` they are loaded from there
     when present (windows already counted are skipped) and saved there."""
+    from ..audio import window_items
     from ..calibration.stats import CalibrationStats, collect
 
     stats = CalibrationStats.load(stats_path) if stats_path and os.path.exists(stats_path) else None
-    items = calibration_windows(clips, processor.feature_extractor)
+    items = window_items(clips)
     stats = collect(model, processor.feature_extractor, items, stats, batch_size=batch_size, device=model.device,
                     dtype=model.dtype, total=len(items), save_path=stats_path, progress=progress)
     return SweepContext(model, processor, clips, stats)
