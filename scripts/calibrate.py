@@ -65,7 +65,8 @@ def parse_args(argv=None):
                         "each linear fitted by reduced-rank regression to the dense outputs (undoes upstream error; ~10x slower)")
     g.add_argument("--probe-clips", type=int, default=8, help="clips used to measure each linear's sensitivity")
     g.add_argument("--refine-steps", type=int, default=0, help="then refine the factors this many steps on encoder-output MSE (0 = off; early stopping on held-back clips). "
-                        "90 took tiny.en at 80 %% size from 6.54 to 5.90 %% WER on speech-dev (dense 4.70); ~5 s a step on a 2-core CPU")
+                        "On speech-dev at 80 %% size it took tiny.en from 6.54 to 5.71 %% WER (dense 4.70; early-stopped at 200 of 300) "
+                        "but left base at 7.19 %%; ~5 s (tiny.en) to ~12 s (base) a step on a 2-core CPU")
     g.add_argument("--refine-lr", type=float, default=1e-4)
     g.add_argument("--refine-train", default="factors", choices=["factors", "factors+norms", "all"])
     g.add_argument("--refine-kl", type=float, default=0.0, help="weight of the decoder KL on the dense model's greedy transcripts (0 = encoder MSE only)")

@@ -6,6 +6,7 @@ points (LiteASR Fig. 1). rank_heatmap: k / full rank of each encoder linear per 
 
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -23,7 +24,7 @@ def _pyplot():
 def pareto(rows: Sequence[dict], references: Sequence[dict], path: str, title: str = ""):
     """rows: {"method", "label", "params", "wer"}; references: {"label", "params", "wer"} (dense models)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(9.0, 4.4))
     for method in dict.fromkeys(r["method"] for r in rows):
         pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["params"])
         ax.plot([r["params"] / 1e6 for r in pts], [100 * r["wer"] for r in pts], "o-", label=method)
@@ -36,15 +37,16 @@ def pareto(rows: Sequence[dict], references: Sequence[dict], path: str, title: s
     ax.set_ylabel("WER (%)")
     wers = [r["wer"] for r in list(rows) + list(references)]
     if wers and min(wers) > 0 and max(wers) > 5 * min(wers):  # collapsed points (loops: WER > 100 %) would flatten the rest
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         ax.set_yscale("log")
-        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("WER (%, log scale)")
     ax.set_title(title or "WER vs encoder size (★ dense models)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: curves fill the plot
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -57,17 +59,23 @@ def rank_ratios(config, lrc) -> list[list[float]]:
     return [[layer[n] / min(LOW_RANK_SHAPES[n](config)) if n in layer else 1.0 for n in LINEARS] for layer in lrc]
 
 
-def rank_heatmap(panels: Sequence[tuple[str, list]], config, path: str):
-    """One heatmap (layers x linears, colour = k/D) per (title, low_rank_config) of the model `config`, side by side."""
+def rank_heatmap(panels: Sequence[tuple[str, list]], config, path: str, columns: int = 6):
+    """One heatmap (layers x linears, colour = k/D) per (title, low_rank_config) of the model `config`, in
+    rows of `columns` panels."""
     plt = _pyplot()
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(2.3 * n + 1.2, 0.25 * config.encoder_layers + 2.2), squeeze=False)
-    for ax, (title, lrc) in zip(axes[0], panels):
+    cols, rows = min(n, columns), -(-n // columns)
+    height = 0.25 * config.encoder_layers + 2.2
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1.2, height * rows), squeeze=False, gridspec_kw={"hspace": 0.75})
+    for ax, (title, lrc) in zip(axes.flat, panels):
         im = ax.imshow(rank_ratios(config, lrc), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(LINEARS)), [s.replace("_proj", "") for s in LINEARS], rotation=90, fontsize=7)
         ax.set_yticks(range(config.encoder_layers), [str(i) for i in range(config.encoder_layers)], fontsize=7)
-        ax.set_title(title, fontsize=8)
-    axes[0][0].set_ylabel("encoder layer")
-    fig.colorbar(im, ax=axes[0].tolist(), label="k / D (1 = dense)", shrink=0.8)
+        ax.set_title("\n".join(textwrap.fill(line, 30) for line in title.split("\n")), fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel("encoder layer")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="k / D (1 = dense)", shrink=0.8)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
