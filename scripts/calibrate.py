@@ -300,12 +300,10 @@ def main(argv=None) -> int:
 
         feats, real = features_of(processor.feature_extractor, [a for _, a in items])  # windows are <= 30 s
     if args.target_size is not None and allocation == "sensitivity":
-        from liteasr_hf.calibration.compress import linear_budget, linear_dims
-        from liteasr_hf.calibration.sensitivity import allocate, measure_gains
+        from liteasr_hf.calibration.sensitivity import sensitivity_ranks
 
-        gains = measure_gains(model, feats[: args.probe_clips], real[: args.probe_clips], pcas, pad_weight=args.padding_weight,
-                              batch_size=args.batch_size, progress=progress)
-        ranks = allocate({n: p[1] for n, p in pcas.items()}, linear_dims(encoder), gains, linear_budget(encoder, args.target_size))
+        ranks, _ = sensitivity_ranks(model, feats, real, args.target_size, pcas, probe_clips=args.probe_clips,
+                                     pad_weight=args.padding_weight, batch_size=args.batch_size, progress=progress)
         selection = {"mode": "target-size", "target_size": args.target_size, "allocation": "sensitivity",
                      "description": f"target size {args.target_size:.0%} of the dense encoder, greedy by measured effect on the encoder output per parameter"}
     else:

@@ -66,7 +66,7 @@ def teacher_tokens(dense_model: nn.Module, features: torch.Tensor, batch_size: i
     return out
 
 
-def kl_to_teacher(model, enc_out, targets):
+def _kl(model, enc_out, targets):
     """Mean over tokens of KL(teacher || student) for each clip in the batch (decoder frozen)."""
     total = 0.0
     for e, (ids, t_logp) in zip(enc_out, targets):
@@ -158,7 +158,7 @@ def refine(
         w = weights[idx].to(acc.device)
         loss = (((out - targets[idx].to(acc.device)) ** 2).mean(-1) * w).sum() / len(idx)
         if kl_weight:
-            loss = loss + kl_weight * kl_to_teacher(core, out.to(dtype), [token_targets[int(i)] for i in idx])
+            loss = loss + kl_weight * _kl(core, out.to(dtype), [token_targets[int(i)] for i in idx])
         return loss
 
     @torch.no_grad()

@@ -108,6 +108,7 @@ def sensitivity_ranks(
     target: float,
     pcas: dict,
     *,
+    gains: dict | None = None,
     probe_clips: int = 8,
     probe_theta: float = 0.99,
     pad_weight: float | None = DEFAULT_PADDING_WEIGHT,
@@ -115,10 +116,12 @@ def sensitivity_ranks(
     progress: bool = True,
 ):
     """Ranks for an encoder of `target` x its dense size: (ranks, gains). The gains are measured on
-    the first `probe_clips` clips; the spectra are the dense statistics' (`pcas`)."""
+    the first `probe_clips` clips unless given (they do not depend on the target: a sweep measures them
+    once); the spectra are the dense statistics' (`pcas`)."""
     encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
-    gains = measure_gains(model, features[:probe_clips], real[:probe_clips], pcas, probe_theta=probe_theta,
-                          pad_weight=pad_weight, batch_size=batch_size, progress=progress)
+    if gains is None:
+        gains = measure_gains(model, features[:probe_clips], real[:probe_clips], pcas, probe_theta=probe_theta,
+                              pad_weight=pad_weight, batch_size=batch_size, progress=progress)
     dims = {n: _in_out(encoder.get_submodule(n)) for n in pcas}
     ranks = allocate({n: p[1] for n, p in pcas.items()}, dims, gains, linear_budget(encoder, target))
     return ranks, gains

@@ -87,20 +87,17 @@ def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFA
     measured once per sweep on the first `probe_clips` calibration windows), PCA factors as the paper;
     with `refine_steps`, the factors are then refined on encoder-output MSE (refine.refine defaults:
     20 % of the windows held back for early stopping, seed 0)."""
-    from ..calibration.compress import linear_budget, linear_dims
-    from ..calibration.sensitivity import allocate, measure_gains
     from ..audio import window_items
+    from ..calibration.sensitivity import sensitivity_ranks
     from ..calibration.sequential import features_of
 
     def build(ctx, size):
-        pcas, enc = ctx.pcas(padding_weight), ctx.model.get_encoder()
+        pcas = ctx.pcas(padding_weight)
         cache = ctx.cache.setdefault(("sensitivity", padding_weight, probe_clips), {})
-        if not cache:  # log-mels, gains (and the dense encoder's outputs) once per sweep
-            fe = ctx.processor.feature_extractor
-            cache["feats"], cache["real"] = features_of(fe, [w for _, w in window_items(ctx.clips)])
-            cache["gains"] = measure_gains(ctx.model, cache["feats"][:probe_clips], cache["real"][:probe_clips], pcas,
-                                           pad_weight=padding_weight)
-        ranks = allocate({n: p[1] for n, p in pcas.items()}, linear_dims(enc), cache["gains"], linear_budget(enc, size))
+        if not cache:  # log-mels once per sweep; gains (and the dense encoder's outputs) on first use
+            cache["feats"], cache["real"] = features_of(ctx.processor.feature_extractor, [w for _, w in window_items(ctx.clips)])
+        ranks, cache["gains"] = sensitivity_ranks(ctx.model, cache["feats"], cache["real"], size, pcas, gains=cache.get("gains"),
+                                                  probe_clips=probe_clips, pad_weight=padding_weight)
         lite = _lite_from_ranks(ctx, ranks, pcas)
         if refine_steps:
             from ..calibration.refine import refine, teacher_outputs
