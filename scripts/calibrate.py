@@ -107,6 +107,8 @@ def _check(p, args):
                 raise ValueError(f"--padding-weight must lie in [0, 1] or be 'all', got {args.padding_weight}")
         if args.num_clips is not None and args.num_clips < 1:
             raise ValueError("--num-clips must be at least 1")
+        if args.refine_steps < 0:
+            raise ValueError(f"--refine-steps must be >= 0, got {args.refine_steps}")
     except ValueError as e:
         p.error(str(e))
 

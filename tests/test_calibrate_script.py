@@ -142,8 +142,8 @@ def test_no_argument_job(tmp_path):
 
 
 def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_path):
-    """Reuse saved statistics (no audio pass: their windows are already counted) for a target size; the
-    push then fails offline with exit code 3 after the folder is complete."""
+    """Reuse saved statistics (no audio pass: their windows are already counted) for a target size, refine
+    two steps; the push then fails offline with exit code 3 after the folder is complete."""
     _, _, path = tiny_en
     script = load_script()
     stats, split = tmp_path / "stats.safetensors", tmp_path / "split.json"
@@ -151,13 +151,14 @@ def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_pat
     split.write_text(json.dumps({"calibration": CAL_FILES}))
     out = tmp_path / "b"
     code = script.main(["--model", path, "--split-file", str(split), "--resume-stats", str(stats), "--target-size", "0.75",
-                        "--output-dir", str(out), "--push-to-hub", "someone/lite-test", "--no-progress"])
+                        "--refine-steps", "2", "--output-dir", str(out), "--push-to-hub", "someone/lite-test", "--no-progress"])
     assert code == 3
     info = json.loads((out / "calibration.json").read_text())
     assert info["size"]["fraction"] <= 0.75 and info["calibration"]["windows"] == len(CAL_FILES)
-    assert info["selection"]["mode"] == "target-size"
+    assert info["selection"]["mode"] == "target-size" and info["selection"]["refine"]["steps"] == 2
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
-    for bad in (["--theta-attn", "1.0"], ["--theta-mlp", "0"], ["--target-size", "0"], ["--target-size", "1.5"], ["--padding-weight", "2"]):
+    for bad in (["--theta-attn", "1.0"], ["--theta-mlp", "0"], ["--target-size", "0"], ["--target-size", "1.5"], ["--padding-weight", "2"],
+                ["--refine-steps", "-1"]):
         with pytest.raises(SystemExit):
             script.parse_args(bad)
     with pytest.raises(SystemExit, match="already a LiteASR"):

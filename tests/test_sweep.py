@@ -28,6 +28,7 @@ def test_sweep_writes_table_and_plots(tmp_path):
     assert all(r["size"] <= s + 1e-9 for r, s in zip(rows[3:], (0.9, 0.8, 0.85, 0.85))) and rows[0]["size"] == 1.0
     assert rows[5]["low_rank_config"] == rows[6]["low_rank_config"]  # same gains (measured once, shared), same ranks
     assert len(ctx.cache) == 1
+    assert rows[6]["refine"]["steps"] == 2 and rows[6]["refine"]["initial"] > 0  # refinement is recorded in the point
     assert len(json.load(open(tmp_path / "out" / "sweep.json"))) == 7
     assert sum(line.startswith("| ") for line in open(tmp_path / "out" / "sweep.md")) == 8  # header + 7 rows
     for png in ("pareto.png", "ranks.png"):

@@ -86,7 +86,7 @@ def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFA
     """Issue 7: ranks for a size target by each linear's measured effect on the encoder output (gains
     measured once per sweep on the first `probe_clips` calibration windows), PCA factors as the paper;
     with `refine_steps`, the factors are then refined on encoder-output MSE (refine.refine defaults:
-    20 % of the windows held back for early stopping, seed 0)."""
+    20 % of the windows held back for early stopping, seed 0; what it did is kept in the point)."""
     from ..audio import window_items
     from ..calibration.sensitivity import sensitivity_ranks
     from ..calibration.sequential import features_of
@@ -104,7 +104,8 @@ def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFA
 
             if "targets" not in cache:
                 cache["targets"] = teacher_outputs(ctx.model, cache["feats"])
-            refine(lite, cache["feats"], cache["real"], cache["targets"], steps=refine_steps, pad_weight=padding_weight)
+            done = refine(lite, cache["feats"], cache["real"], cache["targets"], steps=refine_steps, pad_weight=padding_weight)
+            lite.calibration_info = {"refine": {k: done[k] for k in ("steps", "initial", "best", "history")}}
         return lite.eval()
 
     return Method(name or ("sensitivity allocation" + (f" + {refine_steps} refinement steps" if refine_steps else "")),
@@ -170,7 +171,8 @@ def run_sweep(ctx: SweepContext, methods: Sequence[Method], groups, out_dir: str
             def score():
                 lite = m.build(ctx, point)
                 result = evaluate_model(f"{m.name} {label}", groups, model=lite, processor=ctx.processor, **kw)
-                return dict(row(m.name, label, result), low_rank_config=lite.config.low_rank_config)
+                return dict(row(m.name, label, result), low_rank_config=lite.config.low_rank_config,
+                            **getattr(lite, "calibration_info", {}))
 
             rows.append(scored(m.name, label, score))
             panels.append((f"{m.name}\n{label}: {rows[-1]['size']:.0%}", rows[-1]["low_rank_config"]))
