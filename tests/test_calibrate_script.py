@@ -164,13 +164,3 @@ def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_pat
     with pytest.raises(SystemExit, match="already a LiteASR"):
         script.main(["--model", str(out), "--no-progress"])
 
-
-def test_long_clips_become_30_s_windows():
-    import numpy as np
-
-    from liteasr_hf.audio import Clip, window_items
-
-    long, short = Clip("long", np.zeros(65 * 16_000, np.float32), None, "x"), Clip("short", np.zeros(8_000, np.float32), None, "x")
-    items = window_items([long, short])
-    assert [i for i, _ in items] == ["long", "long#1", "long#2", "short"]
-    assert [len(a) for _, a in items] == [30 * 16_000, 30 * 16_000, 5 * 16_000, 8_000]

@@ -63,6 +63,15 @@ def test_real_frame_count():
     assert real_frame_count(16000 * 45) == 1500
 
 
+def test_long_clips_become_30_s_windows():
+    from liteasr_hf.audio import Clip, window_items
+
+    long, short = Clip("long", np.zeros(65 * 16_000, np.float32), None, "x"), Clip("short", np.zeros(8_000, np.float32), None, "x")
+    items = window_items([long, short])
+    assert [i for i, _ in items] == ["long", "long#1", "long#2", "short"]
+    assert [len(a) for _, a in items] == [30 * 16_000, 30 * 16_000, 5 * 16_000, 8_000]
+
+
 # ---- a tiny random Whisper --------------------------------------------------------------------------
 
 CHUNK_S = 2  # 2 s windows: 200 mel frames, 100 encoder frames, so tests stay fast
