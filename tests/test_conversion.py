@@ -150,6 +150,26 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, tiny_ct2, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_conversion_removes_what_a_killed_one_left(tmp_path, monkeypatch):
+    """SIGKILL skips convert_ct2's cleanup: the next conversion deletes old partial folders, not recent ones
+    (those may belong to a conversion running beside it)."""
+    monkeypatch.setenv("LITEASR_HF_CACHE", str(tmp_path))
+    parent = tmp_path / bundled.CACHE_VERSION
+    old, recent = parent / ".tmp-whisper-tiny.en-killed", parent / ".tmp-whisper-tiny.en-running"
+    for d in (old, recent):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"half")
+    os.utime(old, (0, 0))
+
+    def converted(src, dst, model_bin):
+        os.makedirs(dst)
+        open(os.path.join(dst, "model.safetensors"), "wb").close()
+
+    monkeypatch.setattr(bundled, "convert_ct2", converted)
+    resolve_model("bundled/whisper-tiny.en")
+    assert sorted(os.listdir(parent)) == [".tmp-whisper-tiny.en-running", "whisper-tiny.en"]
+
+
 def test_resolve_passes_other_names_through(tmp_path):
     assert resolve_model("openai/whisper-tiny") == "openai/whisper-tiny"
     assert resolve_model(str(tmp_path)) == str(tmp_path)

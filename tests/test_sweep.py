@@ -19,7 +19,7 @@ def test_sweep_writes_table_and_plots(tmp_path):
     ctx = calibration_context(model, processor, clips[:4], stats_path, batch_size=4, progress=False)
     methods = [theta_method(["a", (0.9, 0.9)]), target_size_method([0.9, 0.8], name="target size"),
                sensitivity_method([0.85], probe_clips=2, name="sensitivity"),
-               sensitivity_method([0.85], probe_clips=2, refine_steps=2, name="sensitivity + refinement")]
+               sensitivity_method([0.85], probe_clips=2, refine_steps=2, refine_kl=1.0, name="sensitivity + refinement")]
     rows = run_sweep(ctx, methods, [("synthetic", clips[4:])], str(tmp_path / "out"), name="tiny", progress=False,
                      max_new_tokens=8)
     assert [(r["method"], r["label"]) for r in rows] == [
@@ -27,7 +27,7 @@ def test_sweep_writes_table_and_plots(tmp_path):
         ("target size", "90%"), ("target size", "80%"), ("sensitivity", "85%"), ("sensitivity + refinement", "85%")]
     assert all(r["size"] <= s + 1e-9 for r, s in zip(rows[3:], (0.9, 0.8, 0.85, 0.85))) and rows[0]["size"] == 1.0
     assert rows[5]["low_rank_config"] == rows[6]["low_rank_config"]  # same gains (measured once, shared), same ranks
-    assert len(ctx.cache) == 1
+    assert len(ctx.cache) == 1 and "tokens" in next(iter(ctx.cache.values()))  # the KL's teacher transcripts, made once
     assert rows[6]["refine"]["steps"] == 2 and rows[6]["refine"]["initial"] > 0  # refinement is recorded in the point
     assert len(json.load(open(tmp_path / "out" / "sweep.json"))) == 7
     assert sum(line.startswith("| ") for line in open(tmp_path / "out" / "sweep.md")) == 8  # header + 7 rows

@@ -6,9 +6,12 @@ turns them into a converted folder and passes Hub ids and local folders through 
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import logging
 import os
+import shutil
+import time
 
 from .ctranslate2 import convert_ct2
 
@@ -55,6 +58,14 @@ def _sources(name: str) -> tuple[str, list[str]]:
     raise ValueError(f"unknown bundled model {name!r}")
 
 
+def _remove_stale_partials(dst: str, age_s: float = 3600) -> None:
+    """Delete half-written conversions of `dst` that a killed process left (convert_ct2 writes into
+    `.tmp-<name>-*` next to it); only old ones, so a conversion running in parallel keeps its folder."""
+    for tmp in glob.glob(os.path.join(os.path.dirname(dst), f".tmp-{os.path.basename(dst)}-*")):
+        if time.time() - os.path.getmtime(tmp) > age_s:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def resolve_model(name_or_path: str) -> str:
     """A bundled name -> its converted local folder (converting on first use); anything else unchanged."""
     name = str(name_or_path)
@@ -66,6 +77,7 @@ def resolve_model(name_or_path: str) -> str:
     if os.path.isfile(os.path.join(dst, "model.safetensors")):  # conversion renames into place: present = complete
         return dst
     src, parts = _sources(name)
+    _remove_stale_partials(dst)
     logger.info("converting %s (%s) into %s, once", name, BUNDLED_MODELS[name], dst)
     try:
         convert_ct2(src, dst, model_bin=parts)

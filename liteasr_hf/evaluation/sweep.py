@@ -82,11 +82,12 @@ def target_size_method(sizes: Sequence[float] = (0.75, 0.6, 0.5), padding_weight
 
 
 def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFAULT_PADDING_WEIGHT, probe_clips: int = 8,
-                       refine_steps: int = 0, name=None) -> Method:
+                       refine_steps: int = 0, refine_kl: float = 0.0, name=None) -> Method:
     """Issue 7: ranks for a size target by each linear's measured effect on the encoder output (gains
     measured once per sweep on the first `probe_clips` calibration windows), PCA factors as the paper;
-    with `refine_steps`, the factors are then refined on encoder-output MSE (refine.refine defaults:
-    20 % of the windows held back for early stopping, seed 0; what it did is kept in the point)."""
+    with `refine_steps`, the factors are then refined on encoder-output MSE, plus `refine_kl` times the
+    decoder KL on the dense model's greedy transcripts (refine.refine defaults: 20 % of the windows held
+    back for early stopping, seed 0; what it did is kept in the point)."""
     from ..audio import window_items
     from ..calibration.sensitivity import sensitivity_ranks
     from ..calibration.sequential import features_of
@@ -100,15 +101,19 @@ def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFA
                                                   probe_clips=probe_clips, pad_weight=padding_weight)
         lite = _lite_from_ranks(ctx, ranks, pcas)
         if refine_steps:
-            from ..calibration.refine import refine, teacher_outputs
+            from ..calibration.refine import refine, teacher_outputs, teacher_tokens
 
             if "targets" not in cache:
                 cache["targets"] = teacher_outputs(ctx.model, cache["feats"])
-            done = refine(lite, cache["feats"], cache["real"], cache["targets"], steps=refine_steps, pad_weight=padding_weight)
+            if refine_kl and "tokens" not in cache:
+                cache["tokens"] = teacher_tokens(ctx.model, cache["feats"])
+            done = refine(lite, cache["feats"], cache["real"], cache["targets"], token_targets=cache.get("tokens"),
+                          kl_weight=refine_kl, steps=refine_steps, pad_weight=padding_weight)
             lite.calibration_info = {"refine": {k: done[k] for k in ("steps", "initial", "best", "history")}}
         return lite.eval()
 
-    return Method(name or ("sensitivity allocation" + (f" + {refine_steps} refinement steps" if refine_steps else "")),
+    kl = f" (+ {refine_kl:g} × decoder KL)" if refine_steps and refine_kl else ""
+    return Method(name or ("sensitivity allocation" + (f" + {refine_steps} refinement steps{kl}" if refine_steps else "")),
                   [(f"{s:.0%}", s) for s in sizes], build)
 
 
