@@ -36,6 +36,8 @@ def main(argv=None):
                    help="at most this many refinement steps for --refine-sizes (early stopping on held-back windows); one curve per value")
     p.add_argument("--refine-kl", type=float, default=0.0,
                    help="with --refine-sizes: also weight the decoder KL on the dense model's greedy transcripts by this (0 = encoder MSE only)")
+    p.add_argument("--refine-lr", type=float, default=1e-4, help="refinement learning rate (with --refine-sizes)")
+    p.add_argument("--refine-warmup", type=int, default=0, help="steps over which the refinement learning rate rises to --refine-lr")
     p.add_argument("--padding-weight", default="0.5", help="padding frames' share of the statistics; 'all' = every frame alike (paper)")
     p.add_argument("--paper", action="store_true", help="also draw the θ presets and target sizes with the paper's all-frames statistics")
     p.add_argument("--reference", action="append", default=[], help="other dense models drawn as reference points")
@@ -67,7 +69,8 @@ def main(argv=None):
     if args.sensitivity_sizes:
         methods.append(sensitivity_method(args.sensitivity_sizes, pw))
     for steps in args.refine_steps if args.refine_sizes else ():
-        methods.append(sensitivity_method(args.refine_sizes, pw, refine_steps=steps, refine_kl=args.refine_kl))
+        methods.append(sensitivity_method(args.refine_sizes, pw, refine_steps=steps, refine_kl=args.refine_kl,
+                                          refine_lr=args.refine_lr, refine_warmup=args.refine_warmup))
     groups = load_groups(args.dataset, split=args.evaluation_split, limit=args.limit)
     rows = run_sweep(ctx, methods, groups, args.output_dir, name=args.model,
                      references=[(os.path.basename(r), r) for r in args.reference], figures_dir=args.figures_dir,

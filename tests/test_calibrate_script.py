@@ -151,14 +151,14 @@ def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_pat
     split.write_text(json.dumps({"calibration": CAL_FILES}))
     out = tmp_path / "b"
     code = script.main(["--model", path, "--split-file", str(split), "--resume-stats", str(stats), "--target-size", "0.75",
-                        "--refine-steps", "2", "--output-dir", str(out), "--push-to-hub", "someone/lite-test", "--no-progress"])
+                        "--refine-steps", "2", "--refine-warmup", "1", "--output-dir", str(out), "--push-to-hub", "someone/lite-test", "--no-progress"])
     assert code == 3
     info = json.loads((out / "calibration.json").read_text())
     assert info["size"]["fraction"] <= 0.75 and info["calibration"]["windows"] == len(CAL_FILES)
     assert info["selection"]["mode"] == "target-size" and info["selection"]["refine"]["steps"] == 2
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
     for bad in (["--theta-attn", "1.0"], ["--theta-mlp", "0"], ["--target-size", "0"], ["--target-size", "1.5"], ["--padding-weight", "2"],
-                ["--refine-steps", "-1"]):
+                ["--refine-steps", "-1"], ["--refine-warmup", "-1"]):
         with pytest.raises(SystemExit):
             script.parse_args(bad)
     with pytest.raises(SystemExit, match="already a LiteASR"):

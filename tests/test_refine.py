@@ -44,3 +44,18 @@ def test_refine_with_decoder_kl():
     r = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=1.0, train="factors+norms",
                steps=12, lr=3e-3, batch_size=2, eval_every=4, seed=0, progress=False)
     assert r["best"] <= r["initial"]
+
+
+def test_warmup_scales_the_first_steps():
+    """Adam's first step moves every parameter with a gradient by ~lr (m / sqrt(v) = ±1), so after one step
+    the largest change is lr without warm-up and lr / warmup with it (1 % tolerance: Adam's eps, 1e-8, is
+    far below these gradients)."""
+    model, (feats, real) = tiny_whisper(), data(n=4)
+    targets = teacher_outputs(model, feats)
+    moved = {}
+    for warmup in (0, 10):
+        lite = compressed(model, feats, real)
+        before = [p.detach().clone() for p in trainable(lite)]
+        refine(lite, feats, real, targets, steps=1, lr=1e-3, warmup=warmup, batch_size=2, holdout=0, seed=0, progress=False)
+        moved[warmup] = max(float((p.detach() - b).abs().max()) for p, b in zip(trainable(lite), before))
+    assert abs(moved[0] - 1e-3) < 1e-5 and abs(moved[10] - 1e-4) < 1e-6, moved

@@ -82,7 +82,8 @@ def target_size_method(sizes: Sequence[float] = (0.75, 0.6, 0.5), padding_weight
 
 
 def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFAULT_PADDING_WEIGHT, probe_clips: int = 8,
-                       refine_steps: int = 0, refine_kl: float = 0.0, name=None) -> Method:
+                       refine_steps: int = 0, refine_kl: float = 0.0, refine_lr: float = 1e-4,
+                       refine_warmup: int = 0, name=None) -> Method:
     """Issue 7: ranks for a size target by each linear's measured effect on the encoder output (gains
     measured once per sweep on the first `probe_clips` calibration windows), PCA factors as the paper;
     with `refine_steps`, the factors are then refined on encoder-output MSE, plus `refine_kl` times the
@@ -108,12 +109,14 @@ def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFA
             if refine_kl and "tokens" not in cache:
                 cache["tokens"] = teacher_tokens(ctx.model, cache["feats"])
             done = refine(lite, cache["feats"], cache["real"], cache["targets"], token_targets=cache.get("tokens"),
-                          kl_weight=refine_kl, steps=refine_steps, pad_weight=padding_weight)
+                          kl_weight=refine_kl, lr=refine_lr, warmup=refine_warmup, steps=refine_steps, pad_weight=padding_weight)
             lite.calibration_info = {"refine": {k: done[k] for k in ("steps", "initial", "best", "history")}}
         return lite.eval()
 
-    kl = f" (+ {refine_kl:g} × decoder KL)" if refine_steps and refine_kl else ""
-    return Method(name or ("sensitivity allocation" + (f" + {refine_steps} refinement steps{kl}" if refine_steps else "")),
+    extra = ", ".join(text for text, on in ((f"+ {refine_kl:g} × decoder KL", refine_kl), (f"lr {refine_lr:g}", refine_lr != 1e-4),
+                                            (f"warm-up {refine_warmup}", refine_warmup)) if on)
+    extra = f" ({extra})" if extra else ""
+    return Method(name or ("sensitivity allocation" + (f" + {refine_steps} refinement steps{extra}" if refine_steps else "")),
                   [(f"{s:.0%}", s) for s in sizes], build)
 
 
