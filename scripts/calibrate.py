@@ -34,10 +34,19 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 DEFAULT_TARGET_SIZE = 0.8
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where there is a default and the help does not already say it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     from liteasr_hf.calibration.ranks import PRESET_ALIASES, PRESETS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="Hub id, local folder or bundled name (default: $LITEASR_DEMO_MODEL or bundled/whisper-base)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; the process's device under accelerate)")
@@ -47,10 +56,10 @@ def parse_args(argv=None):
     g.add_argument("--dataset-config", default=None, help="Hub dataset config")
     g.add_argument("--split", default=None, help="Hub split, or a key of the folder's split.json / --split-file (default: 'calibration' when there is one, Hub: 'train')")
     g.add_argument("--split-file", default=None, help="JSON file mapping split names to lists of file names of the local folder")
-    g.add_argument("--audio-column", default="audio")
+    g.add_argument("--audio-column", default="audio", help="column holding the audio in a Hub dataset")
     g.add_argument("--num-clips", type=int, default=None, help="use this many clips (random, with --seed); default all")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--seed", type=int, default=0, help="seeds the --num-clips draw and the refinement (held-back clips, batches)")
+    g.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
     g = p.add_argument_group("compression")
     g.add_argument("--preset", default=None, choices=list(PRESETS) + list(PRESET_ALIASES), help="θ presets: " + ", ".join(f"{k} {v}" for k, v in PRESETS.items()) + f" (default without --preset/--theta-*/--target-size: --target-size {DEFAULT_TARGET_SIZE} with sensitivity allocation)")
     g.add_argument("--theta-attn", type=float, default=None, help="variance kept by attention linears (overrides the preset)")
@@ -67,9 +76,10 @@ def parse_args(argv=None):
     g.add_argument("--refine-steps", type=int, default=0, help="then refine the factors this many steps on encoder-output MSE (0 = off; early stopping on held-back clips). "
                         "On speech-dev at 80 %% size it took tiny.en from 6.54 to 5.71 %% WER (dense 4.70; early-stopped at 200 of 300) "
                         "but left base at 7.19 %%; ~5 s (tiny.en) to ~12 s (base) a step on a 2-core CPU")
-    g.add_argument("--refine-lr", type=float, default=1e-4)
+    g.add_argument("--refine-lr", type=float, default=1e-4, help="Adam learning rate of the refinement")
     g.add_argument("--refine-warmup", type=int, default=0, help="steps over which the learning rate rises linearly to --refine-lr")
-    g.add_argument("--refine-train", default="factors", choices=["factors", "factors+norms", "all"])
+    g.add_argument("--refine-train", default="factors", choices=["factors", "factors+norms", "all"],
+                   help="what refinement may change: the low-rank factors and biases, plus the layer norms, or every encoder weight")
     g.add_argument("--refine-kl", type=float, default=0.0,
                    help="weight of the decoder KL on the dense model's greedy transcripts (0 = encoder MSE only). It overfits the "
                         "calibration clips faster than MSE: use a lower --refine-lr (3e-5) and --refine-warmup 25; on tiny.en it did not "
@@ -83,7 +93,7 @@ def parse_args(argv=None):
     g.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the folder to this Hub repo")
     g.add_argument("--private", action="store_true", help="create the Hub repo private")
     g.add_argument("--token", default=None, help="Hub token (default: the usual huggingface_hub places)")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     args = p.parse_args(argv)
     _check(p, args)
     return args

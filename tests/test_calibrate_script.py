@@ -164,3 +164,4 @@ def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_pat
     with pytest.raises(SystemExit, match="already a LiteASR"):
         script.main(["--model", str(out), "--no-progress"])
 
+

@@ -1,0 +1,23 @@
+"""Every script's `--help` runs (no network, no model loading) and gives every option a line of help."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+
+
+@pytest.mark.parametrize("script", sorted(f for f in os.listdir(SCRIPTS) if f.endswith(".py")))
+def test_help_explains_every_option(script):
+    out = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "(default: None)" not in out.stdout
+    # Options sit at a 2-space indent with their help on the same line or wrapped below at a deeper one; an
+    # option without help is followed directly by the next option, a blank line or a group title.
+    lines = out.stdout.splitlines() + [""]
+    options = [i for i, line in enumerate(lines) if line.startswith("  -") and not line.startswith("   ")]
+    indent = lambda line: len(line) - len(line.lstrip()) if line.strip() else 0  # noqa: E731
+    bare = [lines[i].strip() for i in options if len(lines[i].split()) <= 2 and indent(lines[i + 1]) <= 2]
+    assert len(options) >= 3 and bare == [], bare
