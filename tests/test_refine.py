@@ -59,3 +59,31 @@ def test_warmup_scales_the_first_steps():
         refine(lite, feats, real, targets, steps=1, lr=1e-3, warmup=warmup, batch_size=2, holdout=0, seed=0, progress=False)
         moved[warmup] = max(float((p.detach() - b).abs().max()) for p, b in zip(trainable(lite), before))
     assert abs(moved[0] - 1e-3) < 1e-5 and abs(moved[10] - 1e-4) < 1e-6, moved
+
+
+
+def test_teacher_transcripts_do_not_flood_the_log():
+    """Whisper's generate warns "Both max_new_tokens and max_length" at every decoding step when the checkpoint's
+    generation config sets max_length (real ones do: 448); the teacher transcripts are made without that noise."""
+    import logging
+
+    class Seen(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    model, (feats, _) = tiny_whisper(), data(n=2)
+    model.generation_config.max_length = 448
+    log, seen = logging.getLogger("transformers.generation.utils"), Seen()
+    log.addHandler(seen)
+    try:
+        model.generate(feats[:1], max_new_tokens=3)
+        assert any(m.startswith("Both `max_new_tokens`") for m in seen.messages)  # the warning this guards against
+        seen.messages.clear()
+        teacher_tokens(model, feats, max_new_tokens=3)
+        assert not any(m.startswith("Both `max_new_tokens`") for m in seen.messages), seen.messages[:2]
+    finally:
+        log.removeHandler(seen)

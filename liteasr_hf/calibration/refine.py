@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..generation import MAX_NEW_TOKENS, quiet_length_warning
 from .sequential import frame_weights
 from .stats import DEFAULT_PADDING_WEIGHT
 
@@ -49,12 +50,14 @@ def teacher_tokens(dense_model: nn.Module, features: torch.Tensor, batch_size: i
     """Teacher forcing targets for the KL loss: for each clip, the dense model's greedy token ids
     (prompt included) and its log-probabilities over them [len - 1, vocab] (float16, CPU)."""
     p = next(dense_model.parameters())
-    # 128 new tokens cover 30 s of speech; the prompt (<= 4 tokens) must fit the decoder's positions too.
-    generate_kwargs = {"max_new_tokens": min(128, dense_model.config.max_target_positions - 4), **generate_kwargs}
+    # The token cap of evaluation; the prompt (<= 4 tokens) must fit the decoder's positions too. No language is
+    # forced: the teacher transcribes calibration audio in whatever language it hears.
+    generate_kwargs = {"max_new_tokens": min(MAX_NEW_TOKENS, dense_model.config.max_target_positions - 4), **generate_kwargs}
     out = []
     for f in features.split(batch_size):
         f = f.to(p.device, p.dtype)
-        seqs = dense_model.generate(f, **generate_kwargs)
+        with quiet_length_warning():
+            seqs = dense_model.generate(f, **generate_kwargs)
         seqs = seqs.sequences if hasattr(seqs, "sequences") else seqs
         enc = _enc_out(_encoder(dense_model), f)
         eos = dense_model.generation_config.eos_token_id

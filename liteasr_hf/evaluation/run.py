@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from ..audio import SAMPLING_RATE, Clip, load_clips
+from ..generation import MAX_NEW_TOKENS, generate_kwargs, quiet_length_warning
 from .flops import encoder_cost
 from .wer import word_errors
 
@@ -27,7 +28,6 @@ logger = logging.getLogger(__name__)
 ESB_DATASET = "hf-audio/esb-datasets-test-only-sorted"
 ESB_SUBSETS = (("ami", "test"), ("earnings22", "test"), ("gigaspeech", "test"), ("librispeech", "test.clean"),
                ("librispeech", "test.other"), ("spgispeech", "test"), ("tedlium", "test"), ("voxpopuli", "test"))
-MAX_NEW_TOKENS = 128  # ~4x the longest sentence here; a hypothesis that reaches it is a repetition loop
 LOOP_NGRAM_REPEATS = 4  # the same 1..5-word n-gram this many times in a row also counts as a loop
 
 
@@ -87,24 +87,6 @@ def load_groups(dataset: str | None, *, split=None, config=None, audio_column="a
     return sorted(by_source.items())
 
 
-def generate_kwargs(model, language=None, task=None, max_new_tokens=MAX_NEW_TOKENS) -> dict:
-    """Greedy decoding; language/task only where the model is multilingual (English-only models reject them)."""
-    kw = dict(num_beams=1, do_sample=False, max_new_tokens=max_new_tokens)
-    if getattr(model.generation_config, "is_multilingual", False):
-        kw.update(language=language or "en", task=task or "transcribe")
-    elif language not in (None, "en", "english", "English") or task not in (None, "transcribe"):
-        raise ValueError(f"this model is English-only: language {language!r} / task {task!r} are not available")
-    return kw
-
-
-class _KnownLengthWarning(logging.Filter):
-    """Whisper checkpoints ship max_length=448 in their generation config, so every generate call with our
-    deliberate max_new_tokens warns "Both max_new_tokens and max_length": once per batch, nothing to act on."""
-
-    def filter(self, record):
-        return not record.getMessage().startswith("Both `max_new_tokens`")
-
-
 @torch.inference_mode()
 def transcribe(model, processor, audios: Sequence, batch_size=8, **gen) -> tuple[list[str], list[bool]]:
     """(texts, capped) for 16 kHz mono arrays, in their order. Clips over 30 s go through Whisper's
@@ -113,9 +95,7 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, **gen) -> tuple
     special = set(processor.tokenizer.all_special_ids)
     texts, capped = [None] * len(audios), [False] * len(audios)
     order = sorted(range(len(audios)), key=lambda i: len(audios[i]))  # similar lengths batch with less padding
-    generation_logger, quiet = logging.getLogger("transformers.generation.utils"), _KnownLengthWarning()
-    generation_logger.addFilter(quiet)
-    try:
+    with quiet_length_warning():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             feats = fe([audios[i] for i in idx], sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False,
@@ -128,8 +108,6 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, **gen) -> tuple
                 texts[i] = processor.tokenizer.decode(seqs[j], skip_special_tokens=True).strip()
                 # At the cap every new token is text (the last one may be a special token that arrived too late).
                 capped[i] = not long_form and sum(t not in special for t in seqs[j].tolist()) >= gen["max_new_tokens"] - 1
-    finally:
-        generation_logger.removeFilter(quiet)
     return texts, capped
 
 
