@@ -21,6 +21,7 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main(argv=None):
     from liteasr_hf.conversion import DEFAULT_MODEL
+    from liteasr_hf.generation import MAX_NEW_TOKENS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help=f"bundled name, local folder or Hub id; repeatable (default {DEFAULT_MODEL})")
@@ -33,7 +34,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="clips per generate call")
     p.add_argument("--language", help="multilingual models only (default en)")
     p.add_argument("--task", choices=["transcribe", "translate"], help="multilingual models only (default transcribe)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="longer hypotheses count as repetition loops")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="longer hypotheses count as repetition loops")
     p.add_argument("--device", help="default: accelerate's device for this process")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="weights and activations (default float32)")
     p.add_argument("--worst", type=int, default=5, help="worst utterances to list per model")

@@ -19,6 +19,7 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # che
 
 def main(argv=None):
     from liteasr_hf.conversion import DEFAULT_MODEL
+    from liteasr_hf.generation import MAX_NEW_TOKENS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="dense Whisper: bundled name, local folder or Hub id")
@@ -44,7 +45,7 @@ def main(argv=None):
     p.add_argument("--stats", help="statistics file, reused when present (default: <output-dir>/stats.safetensors)")
     p.add_argument("--limit", type=int, help="at most this many evaluation clips")
     p.add_argument("--batch-size", type=int, default=8, help="clips per forward pass / generate call")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="decoding cap per clip; hypotheses that hit it count as loops")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="decoding cap per clip; hypotheses that hit it count as loops")
     p.add_argument("--output-dir", default="outputs/sweep", help="sweep.md/json, one JSON per grid point (reused on rerun), statistics")
     p.add_argument("--figures-dir", help="where the PNGs go (default: the output dir)")
     args = p.parse_args(argv)
@@ -69,8 +70,8 @@ def main(argv=None):
     if args.sensitivity_sizes:
         methods.append(sensitivity_method(args.sensitivity_sizes, pw))
     for steps in args.refine_steps if args.refine_sizes else ():
-        methods.append(sensitivity_method(args.refine_sizes, pw, refine_steps=steps, refine_kl=args.refine_kl,
-                                          refine_lr=args.refine_lr, refine_warmup=args.refine_warmup))
+        methods.append(sensitivity_method(args.refine_sizes, pw, refine=dict(steps=steps, kl_weight=args.refine_kl, lr=args.refine_lr,
+                                                                              warmup=args.refine_warmup)))
     groups = load_groups(args.dataset, split=args.evaluation_split, limit=args.limit)
     rows = run_sweep(ctx, methods, groups, args.output_dir, name=args.model,
                      references=[(os.path.basename(r), r) for r in args.reference], figures_dir=args.figures_dir,

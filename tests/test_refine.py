@@ -61,7 +61,6 @@ def test_warmup_scales_the_first_steps():
     assert abs(moved[0] - 1e-3) < 1e-5 and abs(moved[10] - 1e-4) < 1e-6, moved
 
 
-
 def test_teacher_transcripts_do_not_flood_the_log():
     """Whisper's generate warns "Both max_new_tokens and max_length" at every decoding step when the checkpoint's
     generation config sets max_length (real ones do: 448); the teacher transcripts are made without that noise."""

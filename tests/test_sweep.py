@@ -19,7 +19,7 @@ def test_sweep_writes_table_and_plots(tmp_path):
     ctx = calibration_context(model, processor, clips[:4], stats_path, batch_size=4, progress=False)
     methods = [theta_method(["a", (0.9, 0.9)]), target_size_method([0.9, 0.8], name="target size"),
                sensitivity_method([0.85], probe_clips=2, name="sensitivity"),
-               sensitivity_method([0.85], probe_clips=2, refine_steps=2, refine_kl=1.0, name="sensitivity + refinement")]
+               sensitivity_method([0.85], probe_clips=2, refine=dict(steps=2, kl_weight=1.0), name="sensitivity + refinement")]
     rows = run_sweep(ctx, methods, [("synthetic", clips[4:])], str(tmp_path / "out"), name="tiny", progress=False,
                      max_new_tokens=8)
     assert [(r["method"], r["label"]) for r in rows] == [

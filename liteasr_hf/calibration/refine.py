@@ -130,8 +130,9 @@ def refine(
     every `eval_every` steps, training stops after `patience` scores without improvement, and the
     best-scoring parameters are restored. `warmup`: the learning rate rises linearly to `lr` over this
     many steps (Adam's first steps, before its variance estimates settle, can throw the factors far off
-    the PCA start: with the decoder KL at lr 1e-4 the held-out loss rose 3-5x in 25 steps). Returns {"history": [(step, train, held-out)], "best": ...,
-    "steps": steps run, "initial": held-out loss before refinement}.
+    the PCA start: with the decoder KL at lr 1e-4 the held-out loss rose up to 5x in 25 steps).
+    Returns {"history": [(step, train, held-out)], "best": ..., "steps": steps run, "initial": held-out
+    loss before refinement}.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm

@@ -82,14 +82,17 @@ def target_size_method(sizes: Sequence[float] = (0.75, 0.6, 0.5), padding_weight
 
 
 def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFAULT_PADDING_WEIGHT, probe_clips: int = 8,
-                       refine_steps: int = 0, refine_kl: float = 0.0, refine_lr: float = 1e-4,
-                       refine_warmup: int = 0, name=None) -> Method:
+                       refine: dict | None = None, name=None) -> Method:
     """Issue 7: ranks for a size target by each linear's measured effect on the encoder output (gains
     measured once per sweep on the first `probe_clips` calibration windows), PCA factors as the paper;
-    with `refine_steps`, the factors are then refined on encoder-output MSE, plus `refine_kl` times the
-    decoder KL on the dense model's greedy transcripts (refine.refine defaults: 20 % of the windows held
-    back for early stopping, seed 0; what it did is kept in the point)."""
+    with `refine` (keyword arguments of calibration.refine.refine, `steps` at least), the factors are then
+    refined (by default on encoder-output MSE, 20 % of the windows held back for early stopping, seed 0;
+    with `kl_weight`, plus the decoder KL on the dense model's greedy transcripts); what it did is kept in
+    the point. The curve's name lists the refine arguments that differ from refine's defaults."""
+    import inspect
+
     from ..audio import window_items
+    from ..calibration.refine import refine as refine_factors, teacher_outputs, teacher_tokens
     from ..calibration.sensitivity import sensitivity_ranks
     from ..calibration.sequential import features_of
 
@@ -101,23 +104,23 @@ def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFA
         ranks, cache["gains"] = sensitivity_ranks(ctx.model, cache["feats"], cache["real"], size, pcas, gains=cache.get("gains"),
                                                   probe_clips=probe_clips, pad_weight=padding_weight)
         lite = _lite_from_ranks(ctx, ranks, pcas)
-        if refine_steps:
-            from ..calibration.refine import refine, teacher_outputs, teacher_tokens
-
+        if refine:
             if "targets" not in cache:
                 cache["targets"] = teacher_outputs(ctx.model, cache["feats"])
-            if refine_kl and "tokens" not in cache:
+            if refine.get("kl_weight") and "tokens" not in cache:
                 cache["tokens"] = teacher_tokens(ctx.model, cache["feats"])
-            done = refine(lite, cache["feats"], cache["real"], cache["targets"], token_targets=cache.get("tokens"),
-                          kl_weight=refine_kl, lr=refine_lr, warmup=refine_warmup, steps=refine_steps, pad_weight=padding_weight)
+            done = refine_factors(lite, cache["feats"], cache["real"], cache["targets"], token_targets=cache.get("tokens"),
+                                  pad_weight=padding_weight, **refine)
             lite.calibration_info = {"refine": {k: done[k] for k in ("steps", "initial", "best", "history")}}
         return lite.eval()
 
-    extra = ", ".join(text for text, on in ((f"+ {refine_kl:g} × decoder KL", refine_kl), (f"lr {refine_lr:g}", refine_lr != 1e-4),
-                                            (f"warm-up {refine_warmup}", refine_warmup)) if on)
-    extra = f" ({extra})" if extra else ""
-    return Method(name or ("sensitivity allocation" + (f" + {refine_steps} refinement steps{extra}" if refine_steps else "")),
-                  [(f"{s:.0%}", s) for s in sizes], build)
+    if name is None:
+        name = "sensitivity allocation"
+        if refine:
+            defaults = inspect.signature(refine_factors).parameters
+            changed = ", ".join(f"{k} {v:g}" for k, v in refine.items() if k != "steps" and v != defaults[k].default)
+            name += f" + {refine['steps']} refinement steps" + (f" ({changed})" if changed else "")
+    return Method(name, [(f"{s:.0%}", s) for s in sizes], build)
 
 
 def calibration_context(model, processor, clips, stats_path=None, batch_size=8, progress=True) -> SweepContext:
