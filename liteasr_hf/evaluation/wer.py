@@ -58,3 +58,22 @@ def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
     out.update(words=sum(words), empty_references=len(refs) - len(keep), errors=errors, utterance_words=words,
                references=refs, hypotheses=hyps)
     return out
+
+
+def paired_bootstrap(errors_a: Sequence[int], errors_b: Sequence[int], words: Sequence[int], *, samples: int = 10_000,
+                     level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Confidence interval of corpus WER(b) - WER(a), both scored on the same clips (per-clip errors and
+    reference words). Clips are resampled with replacement for both systems at once (paired): on a small
+    test set most of a WER's spread is which clips were drawn, and two systems share it, so their
+    difference is much better determined than either WER alone."""
+    import numpy as np
+
+    e_a, e_b, w = (np.asarray(x, dtype=np.float64) for x in (errors_a, errors_b, words))
+    if not len(w) or not len(e_a) == len(e_b) == len(w):
+        raise ValueError(f"per-clip errors and words must be non-empty and equally long, got {len(e_a)}, {len(e_b)}, {len(w)}")
+    rng, diffs = np.random.default_rng(seed), []
+    for start in range(0, samples, 1000):  # chunks: samples x clips indices stay small for large test sets
+        idx = rng.integers(0, len(w), (min(1000, samples - start), len(w)))
+        diffs.append((e_b[idx].sum(1) - e_a[idx].sum(1)) / np.maximum(w[idx].sum(1), 1))
+    lo, hi = np.quantile(np.concatenate(diffs), [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
