@@ -5,8 +5,9 @@
         --presets a b c --target-sizes 0.75 0.6 0.5 --paper --sensitivity-sizes 0.8 0.65 \\
         --refine-sizes 0.8 0.65 --reference bundled/whisper-tiny.en --figures-dir model_cards/figures/base
 
-Writes sweep.md / sweep.json (one row per grid point, the dense model first), pareto.png (WER vs encoder
-size, one curve per method, dense models as stars) and ranks.png (k/D per linear and layer).
+Writes sweep.md / sweep.json (one row per grid point, the dense model first; each point's WER minus dense
+with its 95 % paired-bootstrap interval over the evaluation clips), pareto.png (WER vs encoder size, one curve
+per method, dense models as stars) and ranks.png (k/D per linear and layer).
 """
 
 import argparse

@@ -64,6 +64,21 @@ def test_table_arithmetic():
     assert score([Utterance("4", "z", 1.0, "a", "a", True)])["loops"] == 1
 
 
+def test_table_compares_each_model_with_the_last():
+    refs = ["a b c d e"] * 20
+
+    def result(name, hyps):
+        s = score([Utterance(str(i), "x", 1.0, r, h, False) for i, (r, h) in enumerate(zip(refs, hyps))])
+        utts = [dict(id=str(i), errors=e, words=w) for i, (e, w) in enumerate(zip(s.pop("errors"), s.pop("utterance_words")))]
+        cost = dict(params=1, dense_params=1, flops=1, dense_flops=1)
+        return dict(model=name, encoder=cost, sources={}, summary=dict(s, wall_s=1.0, rtf=1.0), worst=[], utterances=utts)
+
+    dense = result("dense", refs)
+    lite = result("lite", ["a b c d"] * 20)  # one deletion in every clip: +20 points, in every resample
+    table = markdown([lite, dense])
+    assert "WER minus dense's" in table and "- lite: +20.00 points (+20.00, +20.00)" in table
+
+
 def test_encoder_cost_matches_the_models():
     cfg = dict(d_model=64, encoder_layers=2, decoder_layers=1, encoder_ffn_dim=256, decoder_ffn_dim=128,
                encoder_attention_heads=4, decoder_attention_heads=4, vocab_size=300, max_source_positions=50,

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from liteasr_hf.audio import Clip
-from liteasr_hf.evaluation.sweep import calibration_context, delta_interval, run_sweep, sensitivity_method, target_size_method, theta_method
+from liteasr_hf.evaluation.sweep import calibration_context, run_sweep, sensitivity_method, sweep_markdown, target_size_method, theta_method
 from modeling_utils import tiny_audio, tiny_processor, tiny_whisper
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +35,8 @@ def test_sweep_writes_table_and_plots(tmp_path):
     assert all(sorted(r["per_clip"]) == ["c4", "c5"] for r in rows)
     table = open(tmp_path / "out" / "sweep.md").read().splitlines()
     assert table[2].split("|")[7].strip() == "" and all(line.split("|")[7].strip().count("(") == 1 for line in table[3:])
-    assert delta_interval(rows[0], {k: v for k, v in rows[1].items() if k != "per_clip"}) is None  # an older point
+    older = [rows[0], {k: v for k, v in rows[1].items() if k != "per_clip"}]  # a point scored before per-clip errors were kept
+    assert sweep_markdown(older).splitlines()[3].split("|")[7].strip().count("(") == 0
     for png in ("pareto.png", "ranks.png"):
         data = (tmp_path / "out" / png).read_bytes()
         assert data[:8] == PNG and len(data) > 10_000

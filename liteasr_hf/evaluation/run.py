@@ -199,6 +199,16 @@ def markdown(results: Sequence[dict]) -> str:
             lines.append(f"| {r['model']} | {source} | {s['clips']} | {s['seconds']:.1f} | {100 * s['wer']:.2f} | "
                          f"{s['substitutions']} | {s['deletions']} | {s['insertions']} | {s['words']} | {s['loops']} | "
                          f"{s['wall_s']:.1f} | {s['rtf']:.3f} | {size} | {flops} |")
+    if len(results) > 1:  # the last model is the reference, as for --model-card
+        from .wer import clip_interval
+
+        ref = results[-1]
+        per_clip = lambda r: {u["id"]: (u["errors"], u["words"]) for u in r["utterances"]}  # noqa: E731
+        lines += ["", f"WER minus {ref['model']}'s, with its 95 % paired-bootstrap interval over the clips:", ""]
+        for r in results[:-1]:
+            ci = clip_interval(per_clip(ref), per_clip(r))
+            lines.append(f"- {r['model']}: {100 * (r['summary']['wer'] - ref['summary']['wer']):+.2f} points"
+                         + (f" ({100 * ci[0]:+.2f}, {100 * ci[1]:+.2f})" if ci else " (not the same clips: no interval)"))
     for r in results:
         if r["worst"]:
             lines += ["", f"Worst utterances of {r['model']} (normalized reference / hypothesis):", ""]

@@ -202,24 +202,15 @@ def run_sweep(ctx: SweepContext, methods: Sequence[Method], groups, out_dir: str
     return rows
 
 
-def delta_interval(dense: dict, row: dict, level: float = 0.95) -> tuple[float, float] | None:
-    """The paired-bootstrap interval of row's WER minus the dense model's, over the clips both scored
-    (None for points scored before per-clip errors were kept, or on other clips)."""
-    from .wer import paired_bootstrap
-
-    a, b = dense.get("per_clip"), row.get("per_clip")
-    if not a or not b or a.keys() != b.keys():
-        return None
-    ids = sorted(a)
-    return paired_bootstrap([a[i][0] for i in ids], [b[i][0] for i in ids], [a[i][1] for i in ids], level=level)
-
-
 def sweep_markdown(rows: Sequence[dict]) -> str:
-    """The sweep table; Δ is each point's WER minus the first (dense) row's, with its 95 % paired-bootstrap interval."""
+    """The sweep table; Δ is each point's WER minus the first (dense) row's, with its 95 % paired-bootstrap interval
+    (points scored before per-clip errors were kept show Δ alone)."""
+    from .wer import clip_interval
+
     lines = ["| method | point | encoder params | size | GFLOPs / 30 s | WER % | Δ points (95 % CI) | S | D | I | loops |",
              "|---" * 11 + "|"]
     for r in rows:
-        ci = delta_interval(rows[0], r) if r is not rows[0] else None
+        ci = clip_interval(rows[0].get("per_clip"), r.get("per_clip")) if r is not rows[0] else None
         delta = f"{100 * (r['wer'] - rows[0]['wer']):+.2f}" + (f" ({100 * ci[0]:+.2f}, {100 * ci[1]:+.2f})" if ci else "")
         lines.append(f"| {r['method']} | {r['label']} | {r['params'] / 1e6:.2f}M | {100 * r['size']:.1f} % | "
                      f"{r['flops'] / 1e9:.1f} | {100 * r['wer']:.2f} | {delta if r is not rows[0] else ''} | "

@@ -77,3 +77,11 @@ def paired_bootstrap(errors_a: Sequence[int], errors_b: Sequence[int], words: Se
         diffs.append((e_b[idx].sum(1) - e_a[idx].sum(1)) / np.maximum(w[idx].sum(1), 1))
     lo, hi = np.quantile(np.concatenate(diffs), [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def clip_interval(a: dict, b: dict, level: float = 0.95) -> tuple[float, float] | None:
+    """`paired_bootstrap` of b minus a given {clip id: (errors, words)} each; None unless both scored the same clips."""
+    if not a or not b or a.keys() != b.keys():
+        return None
+    ids = sorted(a)
+    return paired_bootstrap([a[i][0] for i in ids], [b[i][0] for i in ids], [a[i][1] for i in ids], level=level)
