@@ -202,8 +202,10 @@ def markdown(results: Sequence[dict]) -> str:
     if len(results) > 1:  # the last model is the reference, as for --model-card
         from .wer import clip_interval
 
+        def per_clip(r):
+            return {u["id"]: (u["errors"], u["words"]) for u in r["utterances"]}
+
         ref = results[-1]
-        per_clip = lambda r: {u["id"]: (u["errors"], u["words"]) for u in r["utterances"]}  # noqa: E731
         lines += ["", f"WER minus {ref['model']}'s, with its 95 % paired-bootstrap interval over the clips:", ""]
         for r in results[:-1]:
             ci = clip_interval(per_clip(ref), per_clip(r))

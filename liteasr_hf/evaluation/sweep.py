@@ -210,9 +210,11 @@ def sweep_markdown(rows: Sequence[dict]) -> str:
     lines = ["| method | point | encoder params | size | GFLOPs / 30 s | WER % | Δ points (95 % CI) | S | D | I | loops |",
              "|---" * 11 + "|"]
     for r in rows:
-        ci = clip_interval(rows[0].get("per_clip"), r.get("per_clip")) if r is not rows[0] else None
-        delta = f"{100 * (r['wer'] - rows[0]['wer']):+.2f}" + (f" ({100 * ci[0]:+.2f}, {100 * ci[1]:+.2f})" if ci else "")
+        delta = ""
+        if r is not rows[0]:
+            ci = clip_interval(rows[0].get("per_clip"), r.get("per_clip"))
+            delta = f"{100 * (r['wer'] - rows[0]['wer']):+.2f}" + (f" ({100 * ci[0]:+.2f}, {100 * ci[1]:+.2f})" if ci else "")
         lines.append(f"| {r['method']} | {r['label']} | {r['params'] / 1e6:.2f}M | {100 * r['size']:.1f} % | "
-                     f"{r['flops'] / 1e9:.1f} | {100 * r['wer']:.2f} | {delta if r is not rows[0] else ''} | "
+                     f"{r['flops'] / 1e9:.1f} | {100 * r['wer']:.2f} | {delta} | "
                      f"{r['substitutions']} | {r['deletions']} | {r['insertions']} | {r['loops']} |")
     return "\n".join(lines)
