@@ -20,7 +20,7 @@ import torch
 from ..audio import SAMPLING_RATE, Clip, load_clips
 from ..generation import MAX_NEW_TOKENS, generate_kwargs, quiet_length_warning
 from .flops import encoder_cost
-from .wer import word_errors
+from .wer import wer_difference, word_errors
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +185,11 @@ def _fmt_int(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}G"
 
 
+def clip_errors(result: dict) -> dict:
+    """{clip id: (errors, reference words)} of an `evaluate_model` result: what paired comparisons resample."""
+    return {u["id"]: (u["errors"], u["words"]) for u in result["utterances"]}
+
+
 def markdown(results: Sequence[dict]) -> str:
     """One row per model and source plus each model's summary row, then each model's worst utterances."""
     head = ("| model | source | clips | audio s | WER % | S | D | I | words | loops | wall s | RTF | "
@@ -200,17 +205,10 @@ def markdown(results: Sequence[dict]) -> str:
                          f"{s['substitutions']} | {s['deletions']} | {s['insertions']} | {s['words']} | {s['loops']} | "
                          f"{s['wall_s']:.1f} | {s['rtf']:.3f} | {size} | {flops} |")
     if len(results) > 1:  # the last model is the reference, as for --model-card
-        from .wer import clip_interval
-
-        def per_clip(r):
-            return {u["id"]: (u["errors"], u["words"]) for u in r["utterances"]}
-
         ref = results[-1]
-        lines += ["", f"WER minus {ref['model']}'s, with its 95 % paired-bootstrap interval over the clips:", ""]
-        for r in results[:-1]:
-            ci = clip_interval(per_clip(ref), per_clip(r))
-            lines.append(f"- {r['model']}: {100 * (r['summary']['wer'] - ref['summary']['wer']):+.2f} points"
-                         + (f" ({100 * ci[0]:+.2f}, {100 * ci[1]:+.2f})" if ci else " (not the same clips: no interval)"))
+        lines += ["", f"WER minus {ref['model']}'s in points, with its 95 % paired-bootstrap interval over the clips:", ""]
+        lines += [f"- {r['model']}: {wer_difference(ref['summary']['wer'], r['summary']['wer'], clip_errors(ref), clip_errors(r))}"
+                  for r in results[:-1]]
     for r in results:
         if r["worst"]:
             lines += ["", f"Worst utterances of {r['model']} (normalized reference / hypothesis):", ""]

@@ -145,7 +145,7 @@ def run_sweep(ctx: SweepContext, methods: Sequence[Method], groups, out_dir: str
     Returns the table rows: the dense model first, then one per (method, point).
     """
     from .plots import pareto, rank_heatmap
-    from .run import evaluate_model
+    from .run import clip_errors, evaluate_model
 
     def row(method, label, result):
         enc, s = result["encoder"], result["summary"]
@@ -153,7 +153,7 @@ def run_sweep(ctx: SweepContext, methods: Sequence[Method], groups, out_dir: str
                     size=enc["params"] / enc["dense_params"], flops=enc["flops"], dense_flops=enc["dense_flops"],
                     wer=s["wer"], substitutions=s["substitutions"], deletions=s["deletions"], insertions=s["insertions"],
                     words=s["words"], loops=s["loops"], clips=s["clips"], wall_s=s["wall_s"],
-                    per_clip={u["id"]: [u["errors"], u["words"]] for u in result["utterances"]})  # for Δ's interval
+                    per_clip=clip_errors(result))  # for Δ's interval
 
     kw = dict(eval_kw, progress=progress, worst=0)
     # Each scored point is kept in out_dir/points/, so an interrupted sweep resumes and a new method's curve
@@ -205,15 +205,12 @@ def run_sweep(ctx: SweepContext, methods: Sequence[Method], groups, out_dir: str
 def sweep_markdown(rows: Sequence[dict]) -> str:
     """The sweep table; Δ is each point's WER minus the first (dense) row's, with its 95 % paired-bootstrap interval
     (points scored before per-clip errors were kept show Δ alone)."""
-    from .wer import clip_interval
+    from .wer import wer_difference
 
     lines = ["| method | point | encoder params | size | GFLOPs / 30 s | WER % | Δ points (95 % CI) | S | D | I | loops |",
              "|---" * 11 + "|"]
     for r in rows:
-        delta = ""
-        if r is not rows[0]:
-            ci = clip_interval(rows[0].get("per_clip"), r.get("per_clip"))
-            delta = f"{100 * (r['wer'] - rows[0]['wer']):+.2f}" + (f" ({100 * ci[0]:+.2f}, {100 * ci[1]:+.2f})" if ci else "")
+        delta = "" if r is rows[0] else wer_difference(rows[0]["wer"], r["wer"], rows[0].get("per_clip"), r.get("per_clip"))
         lines.append(f"| {r['method']} | {r['label']} | {r['params'] / 1e6:.2f}M | {100 * r['size']:.1f} % | "
                      f"{r['flops'] / 1e9:.1f} | {100 * r['wer']:.2f} | {delta} | "
                      f"{r['substitutions']} | {r['deletions']} | {r['insertions']} | {r['loops']} |")

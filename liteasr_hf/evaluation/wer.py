@@ -79,9 +79,12 @@ def paired_bootstrap(errors_a: Sequence[int], errors_b: Sequence[int], words: Se
     return float(lo), float(hi)
 
 
-def clip_interval(a: dict, b: dict, level: float = 0.95) -> tuple[float, float] | None:
-    """`paired_bootstrap` of b minus a given {clip id: (errors, words)} each; None unless both scored the same clips."""
-    if not a or not b or a.keys() != b.keys():
-        return None
-    ids = sorted(a)
-    return paired_bootstrap([a[i][0] for i in ids], [b[i][0] for i in ids], [a[i][1] for i in ids], level=level)
+def wer_difference(wer_a: float, wer_b: float, clips_a: dict | None = None, clips_b: dict | None = None) -> str:
+    """b's WER minus a's in points, e.g. "+1.01 (+0.09, +1.98)": with the 95 % `paired_bootstrap` interval when both
+    give {clip id: (errors, words)} for the same clips, the difference alone otherwise."""
+    text = f"{100 * (wer_b - wer_a):+.2f}"
+    if clips_a and clips_b and clips_a.keys() == clips_b.keys():
+        ids = sorted(clips_a)
+        lo, hi = paired_bootstrap([clips_a[i][0] for i in ids], [clips_b[i][0] for i in ids], [clips_a[i][1] for i in ids])
+        text += f" ({100 * lo:+.2f}, {100 * hi:+.2f})"
+    return text
