@@ -15,7 +15,7 @@ ratio = dense ms / row ms (> 1: faster than dense).
 Attention core rows (B x H x T, default 8 x 20 x 1500 on GPU): SDPA on dense per-head operands
 (head_dim = d_model / heads, the baseline), SDPA on rank-space operands, and ``attention_core``
 (the Triton kernel on CUDA; the PyTorch reference elsewhere) with rank-space k and v shared by heads,
-and with rank-space k but per-head v.
+and with rank-space k but per-head v; both with the per-key bias, as in the encoder (q is low-rank).
 
 Examples:
   # CPU smoke run (CI): tiny shapes, short input, eager only
@@ -77,6 +77,15 @@ def rank_profile(spec, config):
         # scaled with d_model for other sizes, rounded to multiples of 16.
         attn, fc = round16(304 * d / 1280), round16(480 * d / 1280)
         return [dict(q_proj=attn, k_proj=attn, v_proj=attn, out_proj=attn, fc1=fc, fc2=fc) for _ in range(layers)]
+    if "=" in spec:  # the same ranks in every layer, e.g. "q_proj=32,k_proj=32,fc1=480"
+        try:
+            ranks = {name.strip(): int(rank) for name, rank in (item.split("=") for item in spec.split(","))}
+        except ValueError:
+            raise SystemExit(f"--ranks: expected NAME=RANK pairs separated by commas, got {spec!r}")
+        unknown = set(ranks) - set(PROJECTIONS)
+        if unknown:
+            raise SystemExit(f"--ranks: unknown projection(s) {sorted(unknown)}; known: {', '.join(PROJECTIONS)}")
+        return [dict(ranks) for _ in range(layers)]
     if spec.startswith("fraction:"):
         f = float(spec.split(":", 1)[1])
         if not 0 < f < 1:
@@ -216,6 +225,63 @@ def bench_encoders(args, device, dtype, config, low_rank_config, model_name):
     return rows
 
 
+# Kernel (CUDA) or op (CPU) names -> where encoder time goes. cuBLAS/CUTLASS GEMM kernels: gemm, cutlass, xmma, nvjet.
+CATEGORIES = (
+    ("attention", ("flash", "fmha", "attention", "_attn_fwd")),
+    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+    ("conv", ("conv",)),
+)
+
+
+def category(name):
+    low = name.lower()
+    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def profile_encoder(encoder, x, device, iters=3):
+    """Milliseconds per forward by category (attention / gemm / conv / other) and the top kernels, from the
+    profiler's device-side kernel times on CUDA (self CPU time of the ops on CPU). Eager mode."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    forward = lambda: encoder(x).last_hidden_state  # noqa: E731
+    with torch.inference_mode():
+        forward()
+        activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+        with profile(activities=activities) as prof:
+            for _ in range(iters):
+                forward()
+            if cuda:
+                torch.cuda.synchronize()
+    totals, kernels = {}, []
+    for event in prof.key_averages():
+        if cuda and event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        if not cuda and not event.key.startswith("aten::"):
+            continue  # CPU: aten ops' self times (exclusive, so nothing is counted twice)
+        us = (event.self_device_time_total if cuda else event.self_cpu_time_total) / iters
+        totals[category(event.key)] = totals.get(category(event.key), 0.0) + us / 1e3
+        kernels.append((us / 1e3, event.count // iters, category(event.key), event.key[:90]))
+    kernels.sort(reverse=True)
+    return {k: round(v, 4) for k, v in sorted(totals.items())}, [
+        dict(ms=round(ms, 4), calls=calls, category=cat, name=name) for ms, calls, cat, name in kernels[:12]
+    ]
+
+
+def bench_profiles(args, device, dtype, config, low_rank_config, model_name):
+    """Where the time goes, dense vs lite, eager, at each batch size (the 'profile that shows it')."""
+    variants = ["dense", "lite"] + (["lite-sdpa"] if args.naive else [])
+    encoders = build_encoders(config, low_rank_config, device, dtype, variants)
+    rows = []
+    for batch in args.batch:
+        x = torch.randn(batch, config.num_mel_bins, 2 * config.max_source_positions, device=device, dtype=dtype)
+        for variant in variants:
+            totals, top = profile_encoder(encoders[variant], x, device)
+            rows.append(dict(model=model_name, batch=batch, variant=variant, ms_by_category=totals, top=top))
+            print(f"# profile {model_name} b{batch} {variant}: {totals}", file=sys.stderr)
+    return rows
+
+
 def bench_attention_core(args, device, dtype, head_dim):
     from liteasr_hf.lite_whisper.attention_lite_whisper import attention_core, kernel_available
     import torch.nn.functional as F
@@ -241,9 +307,8 @@ def bench_attention_core(args, device, dtype, head_dim):
             cases = [
                 ("sdpa rank-space (k, v expanded)", "sdpa",
                  lambda: F.scaled_dot_product_attention(q, k.expand(B, H, T, r), v.expand(B, H, T, r))),
-                ("core: shared k, v", impl, lambda: attention_core(q, k, v)),
-                ("core: shared k, v, key_bias", impl, lambda: attention_core(q, k, v, kb)),
-                (f"core: shared k, per-head v ({head_dim})", impl, lambda: attention_core(q, k, vh)),
+                ("core: shared k, v", impl, lambda: attention_core(q, k, v, kb)),
+                (f"core: shared k, per-head v ({head_dim})", impl, lambda: attention_core(q, k, vh, kb)),
             ]
             for name, used, fn in cases:
                 ms = time_fn(fn, device, args.warmup, args.iters)
@@ -271,6 +336,14 @@ def markdown(result):
                   "| rank | variant | impl | ms | speedup vs dense SDPA |", "|---|---|---|---|---|"]
         for r in core:
             lines.append(f"| {r['rank']} | {r['variant']} | {r['impl']} | {r['ms']:.3f} | {r['ratio']:.2f}x |")
+    for p in result.get("profiles", []):
+        if p is result["profiles"][0]:
+            lines += ["", "Profile (eager, ms per forward by kernel category):", "",
+                      "| model | batch | variant | attention | gemm | conv | other | top kernel |", "|---|---|---|---|---|---|---|---|"]
+        t, top = p["ms_by_category"], p["top"][0] if p["top"] else dict(name="-", ms=0)
+        lines.append(f"| {p['model']} | {p['batch']} | {p['variant']} | "
+                     + " | ".join(f"{t.get(c, 0.0):.3f}" for c in ("attention", "gemm", "conv", "other"))
+                     + f" | {top['name'][:40]} ({top['ms']:.3f}) |")
     return "\n".join(lines)
 
 
@@ -286,7 +359,8 @@ def parse_args(argv=None):
                    help="Whisper encoder shape(s); ignored when --ranks names a checkpoint config")
     p.add_argument("--ranks", default="c-like",
                    help="rank profile: 'c-like' (paper's (c): attn 304 / fc 480 at d=1280, scaled), "
-                        "'fraction:F' (every projection at F x full rank), or a lite checkpoint folder/config.json")
+                        "'fraction:F' (every projection at F x full rank), 'q_proj=32,k_proj=32,...' (these ranks in "
+                        "every layer, the rest dense), or a lite checkpoint folder/config.json")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default fp16 on CUDA, fp32 on CPU")
     p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes")
     p.add_argument("--modes", nargs="+", choices=MODES, default=None,
@@ -300,6 +374,8 @@ def parse_args(argv=None):
     p.add_argument("--core-shape", type=int, nargs=3, metavar=("B", "H", "T"), default=None,
                    help="attention-core batch, heads, length")
     p.add_argument("--skip-encoder", action="store_true", help="only the attention-core benchmark")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each encoder (eager, each batch size): ms by kernel category and top kernels")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls before timing (default 10 on CUDA, 1 on CPU)")
     p.add_argument("--iters", type=int, default=None, help="timed calls; the median is reported (default 30 on CUDA, 3 on CPU)")
     p.add_argument("--json", default="outputs/benchmark.json", help="where to write the results")
@@ -344,7 +420,7 @@ def main(argv=None):
 
     head_dim = None
     if not args.skip_encoder:
-        if args.ranks not in ("c-like",) and not args.ranks.startswith("fraction:"):
+        if args.ranks != "c-like" and not args.ranks.startswith("fraction:") and "=" not in args.ranks:
             configs = [("checkpoint", checkpoint_config(args.ranks, args.frames))]
         else:
             configs = [(name, whisper_config(name, args.frames)) for name in args.model]
@@ -352,6 +428,9 @@ def main(argv=None):
             low_rank_config = rank_profile(args.ranks, config)
             result.setdefault("low_rank_config", {})[name] = low_rank_config
             result["encoder"] += bench_encoders(args, device, dtype, config, low_rank_config, name)
+            if args.profile:
+                result.setdefault("profiles", [])
+                result["profiles"] += bench_profiles(args, device, dtype, config, low_rank_config, name)
             head_dim = config.d_model // config.encoder_attention_heads
     if args.core_ranks:
         if head_dim is None:

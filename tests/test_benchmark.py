@@ -55,3 +55,22 @@ def test_benchmark_rank_profile_from_checkpoint_config(tmp_path):
 def test_benchmark_help():
     proc = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--ranks" in proc.stdout and "c-like" in proc.stdout
+
+
+def test_benchmark_uniform_ranks_and_profile(tmp_path):
+    result, stdout = run_benchmark(tmp_path, "--ranks", "q_proj=16,k_proj=16,fc1=64", "--profile", "--no-naive",
+                                   "--core-ranks")
+    assert result["low_rank_config"]["tiny"] == [dict(q_proj=16, k_proj=16, fc1=64)] * 4
+    profiles = {p["variant"]: p for p in result["profiles"]}
+    assert set(profiles) == {"dense", "lite"}
+    for p in profiles.values():
+        assert p["ms_by_category"]["gemm"] > 0 and all(v >= 0 for v in p["ms_by_category"].values())
+        assert p["top"] and all(k["category"] in ("attention", "gemm", "conv", "other") for k in p["top"])
+    assert "Profile (eager" in stdout
+
+
+def test_benchmark_rejects_unknown_projection(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, SCRIPT, "--device", "cpu", "--ranks", "q_proj=16,gate=8", "--json", ""],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode != 0 and "unknown projection(s) ['gate']" in proc.stderr

@@ -12,6 +12,8 @@ MIXED_RANKS = [  # head_dim is 16: ranks below it take the rank-space route, the
     [{"q_proj": 4, "k_proj": 6, "v_proj": 5, "fc1": 10}, {"k_proj": 3, "v_proj": 20, "out_proj": 8}],
     [{"q_proj": 3, "k_proj": 9, "fc2": 7}, {"q_proj": 5, "v_proj": 2}],
     [{"q_proj": 7, "k_proj": 20}, {"q_proj": 20, "k_proj": 20, "v_proj": 20}],
+    # dense-space q/k as one batched GEMM beside a rank-space v; unequal dense-space ranks (one GEMM each)
+    [{"q_proj": 20, "k_proj": 20, "v_proj": 5, "fc1": 9}, {"q_proj": 18, "k_proj": 24, "v_proj": 20}],
 ]
 
 
@@ -92,9 +94,12 @@ def test_rank_space_attention_matches_dense_attention(low_rank_config, monkeypat
     """float64; the rank-space route reassociates the same products, so agreement is to ~1e-15 (tolerance 1e-12)."""
     dense = tiny_whisper(dtype=torch.float64)
     lite = LiteWhisperForConditionalGeneration.from_whisper(dense, low_rank_config, random_factors(dense, low_rank_config))
-    calls = []
+    calls, fused = [], []
     core = modeling_lite_whisper.attention_core
     monkeypatch.setattr(modeling_lite_whisper, "attention_core", lambda *a: calls.append(a) or core(*a))
+    operands = modeling_lite_whisper.LiteWhisperAttention.attention_operands
+    monkeypatch.setattr(modeling_lite_whisper.LiteWhisperAttention, "attention_operands",
+                        lambda self, x: fused.append(x) or operands(self, x))
     hidden = torch.randn(2, 50, 64, dtype=torch.float64)
     for layer, ranks in zip(lite.model.encoder.layers, low_rank_config):
         attn = layer.self_attn
@@ -102,10 +107,12 @@ def test_rank_space_attention_matches_dense_attention(low_rank_config, monkeypat
         with torch.no_grad():
             reference = attn(hidden)[0]
         lite.set_attn_implementation("liteasr")
-        calls.clear()
+        calls.clear(), fused.clear()
         with torch.no_grad():
             out = attn(hidden)[0]
         torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+        # every layer with a low-rank q/k/v takes the fused route (rank space or not), the others the stock one
+        assert len(fused) == any(n in ranks for n in ("q_proj", "k_proj", "v_proj"))
         qk = min([r for n, r in ranks.items() if n in ("q_proj", "k_proj")], default=16) < 16
         v = ranks.get("v_proj", 16) < 16
         assert len(calls) == (qk or v)  # the rank-space route ran exactly when it pays
@@ -122,6 +129,29 @@ def test_rank_space_attention_matches_dense_attention(low_rank_config, monkeypat
         slow = lite.model.encoder(x, output_attentions=True)
     torch.testing.assert_close(fast, slow.last_hidden_state, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(weights.attentions, slow.attentions, rtol=1e-12, atol=1e-12)
+
+
+def test_liteasr_encoder_under_inference_mode():
+    """The weight-only products are cached across calls, keyed on the parameters' versions. A model cast inside
+    torch.inference_mode (as the benchmark does) has inference-tensor parameters, which keep no version counter:
+    the cache must still work there. The second call reuses the cache and must equal the first, and both the
+    no_grad float64 result (1e-12: the same float64 products)."""
+    import copy
+
+    dense = tiny_whisper()
+    ranks = MIXED_RANKS[0]
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, ranks, random_factors(dense, ranks))
+    lite.set_attn_implementation("liteasr")
+    x = mel(dtype=torch.float64)
+    with torch.no_grad():
+        expected = copy.deepcopy(lite).double().model.encoder(x).last_hidden_state
+    with torch.inference_mode():
+        encoder = lite.model.encoder.to(torch.float64)
+        assert next(encoder.parameters()).is_inference()
+        first = encoder(x).last_hidden_state
+        second = encoder(x).last_hidden_state
+    torch.testing.assert_close(first, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
 
 
 def test_liteasr_honours_decoder_padding_mask():

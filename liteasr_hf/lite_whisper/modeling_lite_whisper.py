@@ -13,6 +13,7 @@ import os
 import shutil
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 from transformers import initialization as init
@@ -96,7 +97,7 @@ def _split_heads(x, num_heads):
 
 
 class LiteWhisperAttention(WhisperAttention):
-    """Encoder self-attention that, under attn_implementation="liteasr", computes in rank space.
+    """Encoder self-attention that, under attn_implementation="liteasr", computes in rank space where that pays.
 
     With q = A W_Q2 + b_Q (A = X W_Q1) and k = B W_K2 + b_K (B = X W_K1), head i scores are
         s q_i k_i^T = s A (W_Q2^i W_K2^iT) B^T + s 1 (W_K2^i b_Q^i)^T B^T + (terms constant along each query row).
@@ -105,6 +106,8 @@ class LiteWhisperAttention(WhisperAttention):
     projection is the same with A = per-head q (W_Q2 = I). Values: S (C W_V2^i + b_V^i) = (S C) W_V2^i + b_V^i with
     C = X W_V1, since softmax rows sum to 1; PV costs H T^2 kv instead of H T^2 d.
     Each part takes the rank-space form only when it is cheaper (rank < head_dim); `attention_core` does the rest.
+    When neither part pays (ranks >= head_dim, e.g. the paper's configuration (c)), attention runs on SDPA in dense
+    space; the projections still run fused (see `_first_stage`, `_dense_space`).
     """
 
     def forward(self, hidden_states, key_value_states=None, attention_mask=None, output_attentions=False, **kwargs):
@@ -114,7 +117,7 @@ class LiteWhisperAttention(WhisperAttention):
             or attention_mask is not None
             or output_attentions
             or (self.training and self.dropout > 0)
-            or not (self._qk_rank_space() or self._v_rank_space())
+            or not self._low_rank_names()
         ):
             return super().forward(
                 hidden_states,
@@ -123,8 +126,11 @@ class LiteWhisperAttention(WhisperAttention):
                 output_attentions=output_attentions,
                 **kwargs,
             )
-        q, k, v, key_bias = self.rank_space_operands(hidden_states)
-        out = attention_core(q, k, v, key_bias)  # [B, H, T, r or d]
+        q, k, v, key_bias = self.attention_operands(hidden_states)
+        if self._qk_rank_space() or self._v_rank_space():
+            out = attention_core(q, k, v, key_bias)  # [B, H, T, r or d]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # the scale is folded into q
         if self._v_rank_space():
             v_proj = self.v_proj
             w2 = v_proj.weight2.unflatten(1, (self.num_heads, self.head_dim)).transpose(0, 1)  # [H, kv, d]
@@ -140,7 +146,8 @@ class LiteWhisperAttention(WhisperAttention):
         `clear_derived_cache()` after such edits."""
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
             return build()
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+        # Inference tensors (made under torch.inference_mode) keep no version counter; they cannot change outside it.
+        key = tuple((t.data_ptr(), 0 if t.is_inference() else t._version, t.dtype, t.device) for t in sources)
         cache = self.__dict__.setdefault("_derived_cache", {})
         hit = cache.get(name)
         if hit is None or hit[0] != key:
@@ -151,20 +158,8 @@ class LiteWhisperAttention(WhisperAttention):
     def clear_derived_cache(self):
         self.__dict__.pop("_derived_cache", None)
 
-    def _first_stage(self, x):
-        """x @ weight1 of the low-rank q/k/v projections the rank-space path reads, as ONE GEMM over the
-        concatenated weight1 [d, kq + kk + kv] (skinny N=k GEMMs leave most of a GPU idle at batch 1). Returns
-        {name: [B, T, k] column view}; the views are non-contiguous, which attention_core takes as is."""
-        names = []
-        if self._qk_rank_space():
-            names += [n for n in ("q_proj", "k_proj") if isinstance(getattr(self, n), LowRankLinear)]
-        if self._v_rank_space():
-            names.append("v_proj")
-        w1s = [getattr(self, n).weight1 for n in names]
-        if len(w1s) <= 1:
-            return {n: x @ w for n, w in zip(names, w1s)}
-        w1 = self._derived("w1:" + ",".join(names), w1s, lambda: torch.cat(w1s, dim=1))
-        return dict(zip(names, (x @ w1).split([w.shape[1] for w in w1s], dim=-1)))
+    def _low_rank_names(self):
+        return [n for n in ("q_proj", "k_proj", "v_proj") if isinstance(getattr(self, n), LowRankLinear)]
 
     def _qk_rank_space(self):
         ranks = [p.rank for p in (self.q_proj, self.k_proj) if isinstance(p, LowRankLinear)]
@@ -173,28 +168,73 @@ class LiteWhisperAttention(WhisperAttention):
     def _v_rank_space(self):
         return isinstance(self.v_proj, LowRankLinear) and self.v_proj.rank < self.head_dim
 
-    def _qk_factors(self, proj, x, first):
+    def _first_stage(self, x):
+        """x @ weight1 of every low-rank q/k/v projection as ONE GEMM over the concatenated weight1 [d, kq + kk + kv]
+        (skinny N=k GEMMs leave most of a GPU idle at batch 1). Returns the [B*T, sum k] product and each name's
+        column span {name: (start, k)}."""
+        names = self._low_rank_names()
+        w1s = [getattr(self, n).weight1 for n in names]
+        w1 = w1s[0] if len(w1s) == 1 else self._derived("w1:" + ",".join(names), w1s, lambda: torch.cat(w1s, dim=1))
+        spans, start = {}, 0
+        for n, w in zip(names, w1s):
+            spans[n] = (start, w.shape[1])
+            start += w.shape[1]
+        return x.reshape(-1, x.shape[-1]) @ w1, spans
+
+    def _dense_space(self, x, names, first, spans):
+        """Full projections {name: [B, T, D]} for `names`, q pre-scaled by the softmax scale (folded into its weights:
+        64^-0.5 = 1/8 is exact in every dtype). Low-rank ones with one shared rank whose first-stage columns sit side
+        by side run as ONE batched GEMM (baddbmm over the stacked weight2) instead of one GEMM each."""
+        batch, length, d = x.shape
+        scale = {n: self.scaling if n == "q_proj" else 1.0 for n in names}
+        out = {n: getattr(self, n)(x) * scale[n] for n in names if n not in spans}
+        low = [n for n in names if n in spans]
+        rank = spans[low[0]][1] if low else 0
+        side_by_side = all(spans[n] == (spans[low[0]][0] + i * rank, rank) for i, n in enumerate(low))
+        if len(low) > 1 and side_by_side:
+            sources = [t for n in low for t in (getattr(self, n).weight2, getattr(self, n).bias)]
+            w2 = self._derived("w2:" + ",".join(low), sources,
+                               lambda: torch.stack([getattr(self, n).weight2 * scale[n] for n in low]))  # [G, k, D]
+            b = self._derived("b:" + ",".join(low), sources,
+                              lambda: torch.stack([getattr(self, n).bias * scale[n] for n in low])[:, None])  # [G, 1, D]
+            start = spans[low[0]][0]
+            h = first[:, start: start + len(low) * rank].unflatten(1, (len(low), rank)).transpose(0, 1)  # [G, BT, k]
+            out.update(zip(low, torch.baddbmm(b, h, w2).view(len(low), batch, length, -1)))
+        else:
+            for n in low:  # beta = alpha = scale: the scale rides in the GEMM epilogue
+                proj, (start, rank) = getattr(self, n), spans[n]
+                h = first[:, start: start + rank]
+                out[n] = torch.addmm(proj.bias, h, proj.weight2, beta=scale[n], alpha=scale[n]).view(batch, length, -1)
+        return out
+
+    def _qk_factors(self, proj, x, first, spans):
         """proj(x) per head i as a @ p[i] + c[i]: a [B, 1, T, k] (shared by heads) for a low-rank projection, else
         a = the per-head projection [B, H, T, d] with p = identity and c = 0 (returned as None)."""
         if isinstance(proj, LowRankLinear):
-            a = first["q_proj" if proj is self.q_proj else "k_proj"][:, None]
+            start, rank = spans["q_proj" if proj is self.q_proj else "k_proj"]
+            a = first[:, start: start + rank].view(x.shape[0], 1, x.shape[1], rank)
             p = proj.weight2.unflatten(1, (self.num_heads, self.head_dim)).transpose(0, 1)  # [H, k, d]
             return a, p, proj.bias.view(self.num_heads, self.head_dim)
         return _split_heads(proj(x), self.num_heads), None, None
 
-    def rank_space_operands(self, x):
-        """Operands for attention_core: q [B, H, T, r] (softmax scale folded in), k [B, 1 or H, T, r],
-        v [B, 1 or H, T, kv or d], key_bias [B, H, T] or None. The x @ weight1 products are the place for a fused
-        q/k/v GEMM."""
+    def attention_operands(self, x):
+        """Operands of the attention core: q [B, H, T, r] (softmax scale folded in), k [B, 1 or H, T, r],
+        v [B, 1 or H, T, kv or d], key_bias [B, H, T] or None. r is min(kq, kk) where QK pays in rank space, else
+        head_dim (then q, k are per-head dense-space views and key_bias is None)."""
         batch, length, _ = x.shape
         heads = self.num_heads
-        first = self._first_stage(x)  # one GEMM for the low-rank q/k/v first stages
-        if self._qk_rank_space():
-            aq, pq, cq = self._qk_factors(self.q_proj, x, first)
-            ak, pk, _ = self._qk_factors(self.k_proj, x, first)  # b_K cancels in softmax
+        first, spans = self._first_stage(x)  # one GEMM for the low-rank q/k/v first stages
+        qk_rank, v_rank = self._qk_rank_space(), self._v_rank_space()
+        dense_names = ([] if qk_rank else ["q_proj", "k_proj"]) + ([] if v_rank else ["v_proj"])
+        dense = self._dense_space(x, dense_names, first, spans)
+        if qk_rank:
+            aq, pq, cq = self._qk_factors(self.q_proj, x, first, spans)
+            ak, pk, _ = self._qk_factors(self.k_proj, x, first, spans)  # b_K cancels in softmax
             # s W_Q2^i W_K2^iT and s W_K2^i b_Q^i depend on weights only: built once, cached (self._derived).
             # m[i] = s W_Q2^i W_K2^iT, with identity standing in for a dense side; the scale s rides in m.
-            sources = [t for t in (pq, pk, cq) if t is not None]
+            # The cache is keyed on the parameters themselves: views of them made under inference_mode have no version.
+            sources = [t for proj in (self.q_proj, self.k_proj) if isinstance(proj, LowRankLinear)
+                       for t in (proj.weight2, proj.bias)]
 
             def build_m():
                 if pk is None:
@@ -218,14 +258,14 @@ class LiteWhisperAttention(WhisperAttention):
                 key_bias = (ak @ kq_bias).squeeze(-1)
                 key_bias = key_bias.expand(batch, heads, length)
         else:
-            q = _split_heads(self.q_proj(x), heads) * self.scaling
-            k, key_bias = _split_heads(self.k_proj(x), heads), None
-        if self._v_rank_space():
-            v = first["v_proj"][:, None]  # [B, 1, T, kv]; W_V2 and b_V are applied after the core
+            q, k, key_bias = _split_heads(dense["q_proj"], heads), _split_heads(dense["k_proj"], heads), None
+        if v_rank:  # [B, 1, T, kv]; W_V2 and b_V are applied after the core
+            start, rank = spans["v_proj"]
+            v = first[:, start: start + rank].view(batch, 1, length, rank)
         else:
-            v = _split_heads(self.v_proj(x), heads)
-        # No .contiguous(): attention_core takes strides (stride 0 over heads, column views of the fused GEMM);
-        # copies here would write H x [B, T, r] for an expanded q.
+            v = _split_heads(dense["v_proj"], heads)
+        # No .contiguous(): attention_core and SDPA take strides (stride 0 over heads, column views of the fused
+        # GEMM, per-head views of [B, T, D]); copies here would write H x [B, T, r] for an expanded q.
         return q, k, v, key_bias
 
 
