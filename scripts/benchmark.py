@@ -175,12 +175,16 @@ def runner(encoder, x, mode, device):
     if mode == "eager":
         return lambda: forward(x)
     if mode in ("compile", "compile-cudagraphs"):
+        # Regional compilation (PyTorch's recipe for repeated blocks): each encoder layer is compiled in place, and
+        # layers of the same shapes share one graph, so a 32-layer encoder compiles in seconds instead of minutes.
+        # The convolutional stem and the final layer norm stay eager (on both sides alike).
         torch._dynamo.reset()
-        compiled = torch.compile(forward, mode="reduce-overhead" if mode == "compile-cudagraphs" else None,
-                                 dynamic=False)
-        for _ in range(3):  # compile, then (reduce-overhead) record the graph
-            compiled(x)
-        return lambda: compiled(x)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # per-layer ranks
+        for layer in encoder.layers:
+            layer.compile(mode="reduce-overhead" if mode == "compile-cudagraphs" else None, dynamic=False)
+        for _ in range(3):  # compile, then (reduce-overhead) record the graphs
+            forward(x)
+        return lambda: forward(x)
     if mode == "cuda-graph":
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

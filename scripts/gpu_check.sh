@@ -3,9 +3,9 @@
 # (this package need not be installed: it runs from the checkout). Each stage has its own time limit and writes its
 # results as it finishes, so a slow stage (torch.compile) cannot lose the earlier ones.
 #
-#   OUT=outputs/gpu bash scripts/gpu_check.sh            # under 10 minutes (the stages' limits add to 590 s)
+#   OUT=outputs/gpu bash scripts/gpu_check.sh            # under 10 minutes (the stages' limits add to 530 s)
 #
-# Files in $OUT: env.txt, tests.log, core.json, encoder_c.json, encoder_qk32.json, compile.json, and the full log
+# Files in $OUT: env.txt, tests.log, encoder_c.json, encoder_qk32.json, core.json, compile.json, and the full log
 # (everything this script prints), all.log. Speed numbers use random weights: never accuracy.
 set -u
 OUT=${OUT:-outputs/gpu}
@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec > >(tee -a "$OUT/all.log") 2>&1
 
 stage() { echo; echo "=== $1 ($(date +%T))"; }
-bench() { python3 scripts/benchmark.py --device cuda --model large-v3 --dtype fp16 "$@"; }
+BENCH="python3 scripts/benchmark.py --device cuda --model large-v3 --dtype fp16"
 
 stage "environment"
 {
@@ -27,19 +27,19 @@ stage "environment"
 
 stage "GPU tests: kernel vs PyTorch at full shapes, compile and CUDA-graph capture, encoder liteasr vs sdpa"
 # -n 6: the kernel compiles for each rank, dtype and operand layout; xdist compiles them in parallel (disk cache)
-timeout 180 python3 -m pytest -q -m gpu tests/test_kernel.py -p no:cacheprovider -rs -n 6 2>&1 | tee "$OUT/tests.log"
-
-stage "attention core: Triton kernel vs SDPA (flash), B=8 H=20 T=1500"
-timeout 90 bench --skip-encoder --core-ranks 16 32 48 64 96 --json "$OUT/core.json"
+timeout 120 python3 -m pytest -q -m gpu tests/test_kernel.py -p no:cacheprovider -rs -n 6 2>&1 | tee "$OUT/tests.log"
 
 stage "encoder, c-like ranks (q/k/v/out 304, fc 480), eager + CUDA graph, batch 1 and 8, with profiles"
-timeout 120 bench --ranks c-like --batch 1 8 --modes eager cuda-graph --profile --core-ranks --json "$OUT/encoder_c.json"
+timeout 120 $BENCH --ranks c-like --batch 1 8 --modes eager cuda-graph --profile --core-ranks --json "$OUT/encoder_c.json"
 
 stage "encoder, q/k at rank 32 (attention scores in rank space, the kernel), rest c-like"
-timeout 70 bench --ranks q_proj=32,k_proj=32,v_proj=304,out_proj=304,fc1=480,fc2=480 --batch 1 8 \
+timeout 70 $BENCH --ranks q_proj=32,k_proj=32,v_proj=304,out_proj=304,fc1=480,fc2=480 --batch 1 8 \
     --modes eager cuda-graph --no-naive --core-ranks --json "$OUT/encoder_qk32.json"
 
-stage "encoder, c-like ranks, torch.compile, batch 8"
-timeout 130 bench --ranks c-like --batch 8 --modes compile --no-naive --core-ranks --json "$OUT/compile.json"
+stage "attention core: Triton kernel vs SDPA (flash), B=8 H=20 T=1500"
+timeout 90 $BENCH --skip-encoder --core-ranks 16 32 48 64 96 --json "$OUT/core.json"
+
+stage "encoder, c-like ranks, torch.compile (regional: one graph per layer shape), batch 1 and 8"
+timeout 130 $BENCH --ranks c-like --batch 1 8 --modes compile --no-naive --core-ranks --json "$OUT/compile.json"
 
 stage "done"

@@ -18,14 +18,15 @@ folded into the scores), fp32 running max / sum / accumulator, and p cast to v's
 tensor-core product (as FlashAttention does). Full key blocks run unmasked; only the last, partial
 block (Tk % BLOCK_N) pays for bounds masks.
 
-Ranks that are not powers of two: ``tl.arange`` needs a power-of-two length, so each feature axis is
-split into two power-of-two chunks, D = D0 + D1, with D0 the largest power of two <= D and D1 the
-remainder rounded up to a power of two (>= 16), masked; D1 = 0 when D is a power of two. Examples:
-48 = 32 + 16, 80 = 64 + 16, 96 = 64 + 32, 304 = 256 + 64 (16 padded), 320 = 256 + 64. The products
-are computed chunk by chunk (s = q0 k0^T + q1 k1^T; acc0 += p v0, acc1 += p v1), so the padding wasted
-in the tensor-core MMAs stays under a third of D (under 1/8 for the published ranks) instead of up to
-~half with one next-power-of-two tile (80 -> 128 would do 60 % extra QK work, 304 -> 512 68 % extra
-PV work). Chunks are >= 16 wide: the minimum K/N of an fp16/bf16 MMA.
+Ranks that are not powers of two: ``tl.arange`` needs a power-of-two length. The score side splits
+its feature axis into two power-of-two chunks, Dqk = D0 + D1, with D0 the largest power of two <= Dqk
+and D1 the remainder rounded up to a power of two (>= 16), masked; D1 = 0 when Dqk is a power of two
+(48 = 32 + 16, 80 = 64 + 16, 96 = 64 + 32), and s = q0 k0^T + q1 k1^T, so the padding wasted in the
+QK MMAs stays under a third of Dqk instead of up to ~half (80 -> 128). Chunks are >= 16 wide: the
+minimum K of an fp16/bf16 MMA. The value side is one tile of the next power of two, column-masked:
+the encoder only gives it Dv = head_dim (64 in every Whisper) or a rank-space kv < head_dim (16, 32,
+48 -> 64). A second value chunk (Dv = 48 as 32 + 16) was tried and faulted with an illegal address
+on an H100 (triton 3.6) under most autotune configs, while one masked tile ran clean.
 
 fp32 inputs use IEEE fp32 dot products unless ``torch.backends.cuda.matmul.allow_tf32`` is set, so
 fp32 results match PyTorch's fp32 attention.
@@ -63,6 +64,13 @@ def split_dim(d):
     return d0, d1
 
 
+def value_tile(d):
+    """The value side's one tile: the next power of two >= d (>= 16, the minimum N of an fp16/bf16 MMA), masked."""
+    if d <= 0 or d % 16:
+        raise ValueError(f"attention_core kernel needs feature sizes that are positive multiples of 16, got {d}")
+    return max(16, 1 << (d - 1).bit_length())
+
+
 def supported(q, k, v, key_bias=None):
     """Whether the kernel can take these operands (else the caller uses the reference)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -96,12 +104,12 @@ if HAS_TRITON:
 
     @triton.jit
     def _attn_inner(
-        acc0, acc1, l_i, m_i, q0, q1,
+        acc, l_i, m_i, q0, q1,
         k_base, v_base, b_base,
         stride_kt, stride_kd, stride_vt, stride_vd, stride_bt,
         start_n, TK,
         DQK: tl.constexpr, DV: tl.constexpr,
-        DQK0: tl.constexpr, DQK1: tl.constexpr, DV0: tl.constexpr, DV1: tl.constexpr,
+        DQK0: tl.constexpr, DQK1: tl.constexpr, DV_TILE: tl.constexpr,
         HAS_BIAS: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
@@ -138,23 +146,16 @@ if HAS_TRITON:
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         # ---- acc = acc * alpha + p v ----
-        dv0 = tl.arange(0, DV0)
-        v_ptr = v_base + offs_n[:, None] * stride_vt + dv0[None, :] * stride_vd
+        dv = tl.arange(0, DV_TILE)
+        v_ptr = v_base + offs_n[:, None] * stride_vt + dv[None, :] * stride_vd
         if MASKED:
-            v0 = tl.load(v_ptr, mask=n_ok[:, None], other=0.0)
+            v = tl.load(v_ptr, mask=n_ok[:, None] & (dv[None, :] < DV), other=0.0)
+        elif DV_TILE > DV:
+            v = tl.load(v_ptr, mask=dv[None, :] < DV, other=0.0)
         else:
-            v0 = tl.load(v_ptr)
-        p_lo = p.to(v0.dtype)
-        acc0 = _mma(p_lo, v0, acc0 * alpha[:, None], DOT_PREC, UPCAST)
-        if DV1 > 0:
-            dv1 = DV0 + tl.arange(0, DV1)
-            v1_ptr = v_base + offs_n[:, None] * stride_vt + dv1[None, :] * stride_vd
-            if MASKED:
-                v1 = tl.load(v1_ptr, mask=n_ok[:, None] & (dv1[None, :] < DV), other=0.0)
-            else:
-                v1 = tl.load(v1_ptr, mask=dv1[None, :] < DV, other=0.0)
-            acc1 = _mma(p_lo, v1, acc1 * alpha[:, None], DOT_PREC, UPCAST)
-        return acc0, acc1, l_i, m_new
+            v = tl.load(v_ptr)
+        acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PREC, UPCAST)
+        return acc, l_i, m_new
 
     @triton.jit
     def _attn_fwd(
@@ -166,7 +167,7 @@ if HAS_TRITON:
         stride_ob, stride_oh, stride_ot, stride_od,
         H, TQ, TK,
         DQK: tl.constexpr, DV: tl.constexpr,
-        DQK0: tl.constexpr, DQK1: tl.constexpr, DV0: tl.constexpr, DV1: tl.constexpr,
+        DQK0: tl.constexpr, DQK1: tl.constexpr, DV_TILE: tl.constexpr,
         HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
@@ -193,47 +194,36 @@ if HAS_TRITON:
             )
         else:
             q1 = q0  # placeholder, never read
-        acc0 = tl.zeros([BLOCK_M, DV0], dtype=tl.float32)
-        if DV1 > 0:
-            acc1 = tl.zeros([BLOCK_M, DV1], dtype=tl.float32)
-        else:
-            acc1 = acc0  # placeholder, never read
+        acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
         n_full = (TK // BLOCK_N) * BLOCK_N
         for start_n in range(0, n_full, BLOCK_N):
-            acc0, acc1, l_i, m_i = _attn_inner(
-                acc0, acc1, l_i, m_i, q0, q1, k_base, v_base, b_base,
+            acc, l_i, m_i = _attn_inner(
+                acc, l_i, m_i, q0, q1, k_base, v_base, b_base,
                 stride_kt, stride_kd, stride_vt, stride_vd, stride_bt, start_n, TK,
-                DQK, DV, DQK0, DQK1, DV0, DV1, HAS_BIAS, False, DOT_PREC, UPCAST, BLOCK_N,
+                DQK, DV, DQK0, DQK1, DV_TILE, HAS_BIAS, False, DOT_PREC, UPCAST, BLOCK_N,
             )
         if n_full < TK:
-            acc0, acc1, l_i, m_i = _attn_inner(
-                acc0, acc1, l_i, m_i, q0, q1, k_base, v_base, b_base,
+            acc, l_i, m_i = _attn_inner(
+                acc, l_i, m_i, q0, q1, k_base, v_base, b_base,
                 stride_kt, stride_kd, stride_vt, stride_vd, stride_bt, n_full, TK,
-                DQK, DV, DQK0, DQK1, DV0, DV1, HAS_BIAS, True, DOT_PREC, UPCAST, BLOCK_N,
+                DQK, DV, DQK0, DQK1, DV_TILE, HAS_BIAS, True, DOT_PREC, UPCAST, BLOCK_N,
             )
 
         inv_l = 1.0 / l_i
         o_base = O + b * stride_ob + h * stride_oh
-        do0 = tl.arange(0, DV0)
+        do = tl.arange(0, DV_TILE)
         tl.store(
-            o_base + offs_m[:, None] * stride_ot + do0[None, :] * stride_od,
-            (acc0 * inv_l[:, None]).to(O.dtype.element_ty),
-            mask=m_ok[:, None],
+            o_base + offs_m[:, None] * stride_ot + do[None, :] * stride_od,
+            (acc * inv_l[:, None]).to(O.dtype.element_ty),
+            mask=m_ok[:, None] & (do[None, :] < DV),
         )
-        if DV1 > 0:
-            do1 = DV0 + tl.arange(0, DV1)
-            tl.store(
-                o_base + offs_m[:, None] * stride_ot + do1[None, :] * stride_od,
-                (acc1 * inv_l[:, None]).to(O.dtype.element_ty),
-                mask=m_ok[:, None] & (do1[None, :] < DV),
-            )
 
     def _prune_configs(configs, named_args, **kwargs):
         """Keep the fp32 accumulator within the register file: wide Dv needs a short tile or 8 warps."""
-        dv = kwargs.get("DV0", named_args.get("DV0", 64)) + kwargs.get("DV1", named_args.get("DV1", 0))
+        dv = kwargs.get("DV_TILE", named_args.get("DV_TILE", 64))
         tq = named_args.get("TQ", kwargs.get("TQ", 1 << 30))
         kept = []
         for c in configs:
@@ -279,7 +269,7 @@ def attention_core_triton(q, k, v, key_bias=None, block_override=None):
     if B == 0 or H == 0 or TQ == 0:
         return out
     dqk0, dqk1 = split_dim(DQK)
-    dv0, dv1 = split_dim(DV)
+    dv_tile = value_tile(DV)
     skh = 0 if k.shape[1] == 1 else k.stride(1)
     svh = 0 if v.shape[1] == 1 else v.stride(1)
     if key_bias is not None:
@@ -301,7 +291,7 @@ def attention_core_triton(q, k, v, key_bias=None, block_override=None):
     )
     upcast = interpreter_enabled() and q.dtype == torch.bfloat16
     meta = dict(
-        DQK=DQK, DV=DV, DQK0=dqk0, DQK1=dqk1, DV0=dv0, DV1=dv1,
+        DQK=DQK, DV=DV, DQK0=dqk0, DQK1=dqk1, DV_TILE=dv_tile,
         HAS_BIAS=has_bias, DOT_PREC=dot_prec, UPCAST=upcast,
     )
     if block_override is not None or interpreter_enabled() or q.device.type != "cuda":
