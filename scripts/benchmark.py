@@ -10,6 +10,9 @@ Rows per (model, mode, batch):
   dense      WhisperEncoder, attn_implementation="sdpa"
   lite       LiteWhisperEncoder, attn_implementation="liteasr" (rank-space attention; Triton kernel on CUDA)
   lite-sdpa  LiteWhisperEncoder, attn_implementation="sdpa" (low-rank linears only, "naive low-rank")
+  dense-contig  LiteWhisperEncoder with no low-rank layer: stock attention and weights, but the residual stream made
+             contiguous as the lite layers do (transformers keeps it channels-first): the part of the speed-up that
+             is not compression
 ratio = dense ms / row ms (> 1: faster than dense).
 
 Attention core rows (B x H x T, default 8 x 20 x 1500 on GPU): SDPA on dense per-head operands
@@ -132,8 +135,9 @@ def build_encoders(config, low_rank_config, device, dtype, variants):
             cfg._attn_implementation = "sdpa"
             cls = WhisperEncoder
         else:
+            ranks = [{} for _ in low_rank_config] if variant == "dense-contig" else low_rank_config
             cfg = LiteWhisperConfig(**{k: v for k, v in config.to_dict().items() if k != "model_type"},
-                                    low_rank_config=low_rank_config)
+                                    low_rank_config=ranks)
             cfg._attn_implementation = "liteasr" if variant == "lite" else "sdpa"
             cls = LiteWhisperEncoder
         with torch.device(device):
@@ -201,7 +205,7 @@ def runner(encoder, x, mode, device):
 
 def bench_encoders(args, device, dtype, config, low_rank_config, model_name):
     rows = []
-    variants = ["dense", "lite"] + (["lite-sdpa"] if args.naive else [])
+    variants = ["dense", "lite"] + (["lite-sdpa", "dense-contig"] if args.naive else [])
     encoders = build_encoders(config, low_rank_config, device, dtype, variants)
     dense_params = param_count(encoders["dense"])
     frames = 2 * config.max_source_positions
@@ -274,7 +278,7 @@ def profile_encoder(encoder, x, device, iters=3):
 
 def bench_profiles(args, device, dtype, config, low_rank_config, model_name):
     """Where the time goes, dense vs lite, eager, at each batch size (the 'profile that shows it')."""
-    variants = ["dense", "lite"] + (["lite-sdpa"] if args.naive else [])
+    variants = ["dense", "lite"] + (["lite-sdpa", "dense-contig"] if args.naive else [])
     encoders = build_encoders(config, low_rank_config, device, dtype, variants)
     rows = []
     for batch in args.batch:
@@ -284,6 +288,14 @@ def bench_profiles(args, device, dtype, config, low_rank_config, model_name):
             rows.append(dict(model=model_name, batch=batch, variant=variant, ms_by_category=totals, top=top))
             print(f"# profile {model_name} b{batch} {variant}: {totals}", file=sys.stderr)
     return rows
+
+
+def tuned_config():
+    """The Triton autotuner's pick for the last shape it ran (tiles, warps, stages), for the record."""
+    from liteasr_hf.lite_whisper import triton_attention_lite_whisper as kernel
+
+    best = getattr(getattr(kernel, "_attn_fwd_tuned", None), "best_config", None)
+    return None if best is None else dict(best.kwargs, num_warps=best.num_warps, num_stages=best.num_stages)
 
 
 def bench_attention_core(args, device, dtype, head_dim):
@@ -316,7 +328,8 @@ def bench_attention_core(args, device, dtype, head_dim):
             ]
             for name, used, fn in cases:
                 ms = time_fn(fn, device, args.warmup, args.iters)
-                rows.append(dict(rank=r, variant=name, impl=used, ms=round(ms, 4), ratio=round(base / ms, 4)))
+                rows.append(dict(rank=r, variant=name, impl=used, ms=round(ms, 4), ratio=round(base / ms, 4),
+                                 config=tuned_config() if used == "triton" else None))
                 print(f"# core r{r} {name}: {ms:.3f} ms", file=sys.stderr)
     return rows
 
@@ -372,7 +385,7 @@ def parse_args(argv=None):
     p.add_argument("--frames", type=int, default=None,
                    help="input mel frames (3000 = Whisper's 30 s; the encoder sees frames/2 positions)")
     p.add_argument("--no-naive", dest="naive", action="store_false",
-                   help="skip the lite-sdpa row (low-rank linears with SDPA attention)")
+                   help="skip the lite-sdpa (low-rank linears, stock attention) and dense-contig rows")
     p.add_argument("--core-ranks", type=int, nargs="*", default=[16, 32, 48, 64, 96],
                    help="attention-core ranks (multiples of 16); pass none to skip the core benchmark")
     p.add_argument("--core-shape", type=int, nargs=3, metavar=("B", "H", "T"), default=None,

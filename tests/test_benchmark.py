@@ -26,7 +26,8 @@ def test_benchmark_cpu_json(tmp_path):
     result, stdout = run_benchmark(tmp_path, "--core-ranks", "16", "48", "--core-shape", "1", "2", "64")
     rows = result["encoder"]
     variants = {r["variant"] for r in rows}
-    assert {"dense", "lite", "lite-sdpa"} <= variants
+    assert {"dense", "lite", "lite-sdpa", "dense-contig"} <= variants
+    assert next(r for r in rows if r["variant"] == "dense-contig")["params_fraction"] == 1.0  # nothing compressed
     assert all(r["ms"] > 0 and r["ratio"] > 0 and r["mode"] == "eager" and r["batch"] == 1 for r in rows)
     assert next(r for r in rows if r["variant"] == "dense")["ratio"] == 1.0
     lite = next(r for r in rows if r["variant"] == "lite")

@@ -154,6 +154,22 @@ def test_liteasr_encoder_under_inference_mode():
     torch.testing.assert_close(second, first, rtol=0, atol=0)
 
 
+def test_encoder_residual_stream_is_contiguous():
+    """Whisper's stem leaves the residual stream channels-first (a permuted view); the lite layers make it contiguous
+    (for fast elementwise kernels) without changing a value: full-rank factors still give the dense encoder's output."""
+    dense = tiny_whisper()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, [{}, {}], {})
+    strides = []
+    for layer in lite.model.encoder.layers:
+        layer.register_forward_hook(lambda m, a, out: strides.append(out.is_contiguous()))
+    x = mel()
+    with torch.no_grad():
+        expected = dense.model.encoder(x).last_hidden_state
+        out = lite.model.encoder(x).last_hidden_state
+    assert strides == [True, True]
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_liteasr_honours_decoder_padding_mask():
     dense = tiny_whisper()
     ranks = [{"q_proj": 4, "k_proj": 4, "v_proj": 4}, {"fc1": 8}]
