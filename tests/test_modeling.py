@@ -12,7 +12,7 @@ MIXED_RANKS = [  # head_dim is 16: ranks below it take the rank-space route, the
     [{"q_proj": 4, "k_proj": 6, "v_proj": 5, "fc1": 10}, {"k_proj": 3, "v_proj": 20, "out_proj": 8}],
     [{"q_proj": 3, "k_proj": 9, "fc2": 7}, {"q_proj": 5, "v_proj": 2}],
     [{"q_proj": 7, "k_proj": 20}, {"q_proj": 20, "k_proj": 20, "v_proj": 20}],
-    # dense-space q/k as one batched GEMM beside a rank-space v; unequal dense-space ranks (one GEMM each)
+    # dense-space q/k beside a rank-space v; unequal dense-space ranks
     [{"q_proj": 20, "k_proj": 20, "v_proj": 5, "fc1": 9}, {"q_proj": 18, "k_proj": 24, "v_proj": 20}],
 ]
 
