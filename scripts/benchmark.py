@@ -23,7 +23,7 @@ and with rank-space k but per-head v; both with the per-key bias, as in the enco
 Examples:
   # CPU smoke run (CI): tiny shapes, short input, eager only
   python scripts/benchmark.py
-  # H100, large-v3, the issue's table (about 3-4 minutes, most of it torch.compile)
+  # H100, large-v3 (about 2 minutes; torch.compile compiles one graph per layer shape)
   python scripts/benchmark.py --device cuda --model large-v3 --dtype fp16 --batch 1 8 \\
       --modes eager cuda-graph compile --json outputs/benchmark_h100.json
 """

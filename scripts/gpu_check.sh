@@ -3,9 +3,10 @@
 # (this package need not be installed: it runs from the checkout). Each stage has its own time limit and writes its
 # results as it finishes, so a slow stage (torch.compile) cannot lose the earlier ones.
 #
-#   OUT=outputs/gpu bash scripts/gpu_check.sh            # under 10 minutes (the stages' limits add to 530 s)
+#   OUT=outputs/gpu bash scripts/gpu_check.sh            # under 10 minutes (the stages' limits add to 510 s)
 #
-# Files in $OUT: env.txt, tests.log, encoder_c.json, encoder_qk32.json, core.json, compile.json, and the full log
+# Files in $OUT: env.txt, tests.log, encoder_c.json, encoder_qk32.json, encoder_qk32_core_on_sdpa.json, core.json,
+# compile.json, and the full log
 # (everything this script prints), all.log. Speed numbers use random weights: never accuracy.
 set -u
 OUT=${OUT:-outputs/gpu}
@@ -30,16 +31,19 @@ stage "GPU tests: kernel vs PyTorch at full shapes, compile and CUDA-graph captu
 timeout 120 python3 -m pytest -q -m gpu tests/test_kernel.py -p no:cacheprovider -rs -n 6 2>&1 | tee "$OUT/tests.log"
 
 stage "encoder, c-like ranks (q/k/v/out 304, fc 480), eager + CUDA graph, batch 1 and 8, with profiles"
-timeout 120 $BENCH --ranks c-like --batch 1 8 --modes eager cuda-graph --profile --core-ranks --json "$OUT/encoder_c.json"
+timeout 100 $BENCH --ranks c-like --batch 1 8 --modes eager cuda-graph --profile --core-ranks --json "$OUT/encoder_c.json"
 
 stage "encoder, q/k at rank 32 (attention scores in rank space, the kernel), rest c-like"
-timeout 70 $BENCH --ranks q_proj=32,k_proj=32,v_proj=304,out_proj=304,fc1=480,fc2=480 --batch 1 8 \
-    --modes eager cuda-graph --no-naive --core-ranks --json "$OUT/encoder_qk32.json"
+QK32="--ranks q_proj=32,k_proj=32,v_proj=304,out_proj=304,fc1=480,fc2=480 --batch 1 8 --no-naive --core-ranks"
+timeout 60 $BENCH $QK32 --modes eager cuda-graph --json "$OUT/encoder_qk32.json"
+
+stage "the same, attention core on SDPA instead of the kernel (LITEASR_ATTENTION=reference)"
+LITEASR_ATTENTION=reference timeout 40 $BENCH $QK32 --modes cuda-graph --json "$OUT/encoder_qk32_core_on_sdpa.json"
 
 stage "attention core: Triton kernel vs SDPA (flash), B=8 H=20 T=1500"
 timeout 90 $BENCH --skip-encoder --core-ranks 16 32 48 64 96 --json "$OUT/core.json"
 
 stage "encoder, c-like ranks, torch.compile (regional: one graph per layer shape), batch 1 and 8"
-timeout 130 $BENCH --ranks c-like --batch 1 8 --modes compile --no-naive --core-ranks --json "$OUT/compile.json"
+timeout 100 $BENCH --ranks c-like --batch 1 8 --modes compile --no-naive --core-ranks --json "$OUT/compile.json"
 
 stage "done"
