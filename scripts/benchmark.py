@@ -203,9 +203,13 @@ def runner(encoder, x, mode, device):
     raise ValueError(mode)
 
 
+def encoder_variants(args):
+    return ["dense", "lite"] + (["lite-sdpa", "dense-contig"] if args.naive else [])
+
+
 def bench_encoders(args, device, dtype, config, low_rank_config, model_name):
     rows = []
-    variants = ["dense", "lite"] + (["lite-sdpa", "dense-contig"] if args.naive else [])
+    variants = encoder_variants(args)
     encoders = build_encoders(config, low_rank_config, device, dtype, variants)
     dense_params = param_count(encoders["dense"])
     frames = 2 * config.max_source_positions
@@ -233,11 +237,12 @@ def bench_encoders(args, device, dtype, config, low_rank_config, model_name):
     return rows
 
 
-# Kernel (CUDA) or op (CPU) names -> where encoder time goes. cuBLAS/CUTLASS GEMM kernels: gemm, cutlass, xmma, nvjet.
+# Kernel (CUDA) or op (CPU) names -> where encoder time goes, first match wins. On an H100: cuDNN's SDPA kernel has
+# "flash" (and "fprop") in its name, the conv stem's "fprop_implicit_gemm" and layout transforms, cuBLAS GEMMs "nvjet".
 CATEGORIES = (
     ("attention", ("flash", "fmha", "attention", "_attn_fwd")),
+    ("conv", ("conv", "fprop", "nchwtonhwc")),
     ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
-    ("conv", ("conv",)),
 )
 
 
@@ -278,7 +283,7 @@ def profile_encoder(encoder, x, device, iters=3):
 
 def bench_profiles(args, device, dtype, config, low_rank_config, model_name):
     """Where the time goes, dense vs lite, eager, at each batch size (the 'profile that shows it')."""
-    variants = ["dense", "lite"] + (["lite-sdpa", "dense-contig"] if args.naive else [])
+    variants = encoder_variants(args)
     encoders = build_encoders(config, low_rank_config, device, dtype, variants)
     rows = []
     for batch in args.batch:
