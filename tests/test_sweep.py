@@ -43,3 +43,9 @@ def test_sweep_writes_table_and_plots(tmp_path):
     # Statistics were saved; a second context reuses them without new windows.
     again = calibration_context(model, processor, clips[:4], stats_path, progress=False)
     assert np.allclose(again.stats.frames()["real"], ctx.stats.frames()["real"]) and (tmp_path / "stats.safetensors").exists()
+
+
+def test_refined_curve_names_list_changed_arguments():
+    """A curve's name lists the refine arguments that differ from refine's defaults, numbers and strings alike."""
+    name = sensitivity_method([0.8], refine=dict(steps=300, lr=3e-5, train="factors+norms", batch_size=4)).name
+    assert name == "sensitivity allocation + 300 refinement steps (lr 3e-05, train factors+norms)"
