@@ -170,18 +170,15 @@ class LiteWhisperAttention(WhisperAttention):
 
     def _first_stage(self, x):
         """x @ weight1 of every low-rank q/k/v projection as ONE GEMM over the concatenated weight1 [d, kq + kk + kv]
-        (skinny N=k GEMMs leave most of a GPU idle at batch 1). Returns the [B*T, sum k] product and each name's
-        column span {name: (start, k)}."""
+        (skinny N=k GEMMs leave most of a GPU idle at batch 1). Returns {name: [B*T, k] column view} of the product;
+        addmm and attention_core take the views' strides as they are."""
         names = self._low_rank_names()
         w1s = [getattr(self, n).weight1 for n in names]
         w1 = w1s[0] if len(w1s) == 1 else self._derived("w1:" + ",".join(names), w1s, lambda: torch.cat(w1s, dim=1))
-        spans, start = {}, 0
-        for n, w in zip(names, w1s):
-            spans[n] = (start, w.shape[1])
-            start += w.shape[1]
-        return x.reshape(-1, x.shape[-1]) @ w1, spans
+        h = x.reshape(-1, x.shape[-1]) @ w1
+        return dict(zip(names, h.split([w.shape[1] for w in w1s], dim=1)))
 
-    def _dense_space(self, x, names, first, spans):
+    def _dense_space(self, x, names, first):
         """Full projections {name: [B, T, D]} for `names`, q pre-scaled by the softmax scale (folded into cached
         copies of its weight2 and bias; 64^-0.5 = 1/8 is exact in every dtype). A low-rank one is one addmm on its
         columns of the fused first stage, so the bias rides in cuBLASLt's epilogue. (One baddbmm over q/k/v was
@@ -191,22 +188,20 @@ class LiteWhisperAttention(WhisperAttention):
         out = {}
         for n in names:
             proj = getattr(self, n)
-            if n not in spans:  # a dense projection
+            if n not in first:  # a dense projection
                 out[n] = proj(x) * self.scaling if n == "q_proj" else proj(x)
                 continue
             w2, bias = proj.weight2, proj.bias
             if n == "q_proj":
                 w2, bias = self._derived("q_scaled", [w2, bias], lambda: (w2 * self.scaling, bias * self.scaling))
-            start, rank = spans[n]
-            out[n] = torch.addmm(bias, first[:, start: start + rank], w2).view(batch, length, -1)
+            out[n] = torch.addmm(bias, first[n], w2).view(batch, length, -1)
         return out
 
-    def _qk_factors(self, proj, x, first, spans):
+    def _qk_factors(self, proj, x, first):
         """proj(x) per head i as a @ p[i] + c[i]: a [B, 1, T, k] (shared by heads) for a low-rank projection, else
         a = the per-head projection [B, H, T, d] with p = identity and c = 0 (returned as None)."""
         if isinstance(proj, LowRankLinear):
-            start, rank = spans["q_proj" if proj is self.q_proj else "k_proj"]
-            a = first[:, start: start + rank].view(x.shape[0], 1, x.shape[1], rank)
+            a = first["q_proj" if proj is self.q_proj else "k_proj"].view(x.shape[0], 1, x.shape[1], proj.rank)
             p = proj.weight2.unflatten(1, (self.num_heads, self.head_dim)).transpose(0, 1)  # [H, k, d]
             return a, p, proj.bias.view(self.num_heads, self.head_dim)
         return _split_heads(proj(x), self.num_heads), None, None
@@ -217,13 +212,13 @@ class LiteWhisperAttention(WhisperAttention):
         head_dim (then q, k are per-head dense-space views and key_bias is None)."""
         batch, length, _ = x.shape
         heads = self.num_heads
-        first, spans = self._first_stage(x)  # one GEMM for the low-rank q/k/v first stages
+        first = self._first_stage(x)  # one GEMM for the low-rank q/k/v first stages
         qk_rank, v_rank = self._qk_rank_space(), self._v_rank_space()
         dense_names = ([] if qk_rank else ["q_proj", "k_proj"]) + ([] if v_rank else ["v_proj"])
-        dense = self._dense_space(x, dense_names, first, spans)
+        dense = self._dense_space(x, dense_names, first)
         if qk_rank:
-            aq, pq, cq = self._qk_factors(self.q_proj, x, first, spans)
-            ak, pk, _ = self._qk_factors(self.k_proj, x, first, spans)  # b_K cancels in softmax
+            aq, pq, cq = self._qk_factors(self.q_proj, x, first)
+            ak, pk, _ = self._qk_factors(self.k_proj, x, first)  # b_K cancels in softmax
             # s W_Q2^i W_K2^iT and s W_K2^i b_Q^i depend on weights only: built once, cached (self._derived).
             # m[i] = s W_Q2^i W_K2^iT, with identity standing in for a dense side; the scale s rides in m.
             # Keyed on the parameters themselves, not on these per-call views of them.
@@ -254,8 +249,7 @@ class LiteWhisperAttention(WhisperAttention):
         else:
             q, k, key_bias = _split_heads(dense["q_proj"], heads), _split_heads(dense["k_proj"], heads), None
         if v_rank:  # [B, 1, T, kv]; W_V2 and b_V are applied after the core
-            start, rank = spans["v_proj"]
-            v = first[:, start: start + rank].view(batch, 1, length, rank)
+            v = first["v_proj"].view(batch, 1, length, self.v_proj.rank)
         else:
             v = _split_heads(dense["v_proj"], heads)
         # No .contiguous(): attention_core and SDPA take strides (stride 0 over heads, column views of the fused

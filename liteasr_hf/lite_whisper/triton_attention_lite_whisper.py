@@ -66,9 +66,8 @@ def split_dim(d):
 
 def value_tile(d):
     """The value side's one tile: the next power of two >= d (>= 16, the minimum N of an fp16/bf16 MMA), masked."""
-    if d <= 0 or d % 16:
-        raise ValueError(f"attention_core kernel needs feature sizes that are positive multiples of 16, got {d}")
-    return max(16, 1 << (d - 1).bit_length())
+    d0, d1 = split_dim(d)
+    return d0 if d1 == 0 else 2 * d0
 
 
 def supported(q, k, v, key_bias=None):
@@ -253,13 +252,12 @@ if HAS_TRITON:
     )(_attn_fwd)
 
 
-def _heuristic_blocks(tq, dv):
-    """Fixed tiles used under the interpreter (and by ``block_override``)."""
-    bm = 32 if tq <= 32 else 64
-    return bm, 32
+def _heuristic_blocks(tq):
+    """Fixed tiles used under the interpreter (no autotuning there: its timings mean nothing)."""
+    return (32 if tq <= 32 else 64), 32
 
 
-def attention_core_triton(q, k, v, key_bias=None, block_override=None):
+def attention_core_triton(q, k, v, key_bias=None):
     """Launch the kernel (no dispatch logic: the caller checked ``supported``). Returns [B, H, Tq, Dv]."""
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")
@@ -294,8 +292,8 @@ def attention_core_triton(q, k, v, key_bias=None, block_override=None):
         DQK=DQK, DV=DV, DQK0=dqk0, DQK1=dqk1, DV_TILE=dv_tile,
         HAS_BIAS=has_bias, DOT_PREC=dot_prec, UPCAST=upcast,
     )
-    if block_override is not None or interpreter_enabled() or q.device.type != "cuda":
-        bm, bn = block_override or _heuristic_blocks(TQ, DV)
+    if interpreter_enabled() or q.device.type != "cuda":
+        bm, bn = _heuristic_blocks(TQ)
         grid = (triton.cdiv(TQ, bm), B * H)
         _attn_fwd[grid](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, num_stages=2)
     else:
