@@ -73,9 +73,6 @@ def parse_args(argv=None):
                    help="sequential calibration: off = every linear from the dense statistics (paper); dense+residual = layer by layer, "
                         "each linear fitted by reduced-rank regression to the dense outputs (undoes upstream error; ~10x slower)")
     g.add_argument("--probe-clips", type=int, default=8, help="clips used to measure each linear's sensitivity")
-    g.add_argument("--sensitivity-loss", default="encoder", choices=["encoder", "decoder"],
-                   help="where sensitivity is measured: the encoder output's error, or the decoder's KL from the dense model on "
-                        "its own transcripts of the probe clips")
     g.add_argument("--refine-steps", type=int, default=0, help="then refine the factors this many steps on encoder-output MSE (0 = off; early stopping on held-back clips). "
                         "On speech-dev at 80 %% size it took tiny.en from 6.54 to 5.71 %% WER (dense 4.70; early-stopped at 200 of 300) "
                         "but left base at 7.19 %%; ~5 s (tiny.en) to ~12 s (base) a step on a 2-core CPU")
@@ -87,9 +84,6 @@ def parse_args(argv=None):
                    help="weight of the decoder KL on the dense model's greedy transcripts (0 = encoder MSE only). It overfits the "
                         "calibration clips faster than MSE: use a lower --refine-lr (3e-5) and --refine-warmup 25; on tiny.en it did not "
                         "beat MSE (speech-dev, 80 %% size: 5.90 vs 5.71 %% WER)")
-    g.add_argument("--refine-hidden", type=float, default=0.0,
-                   help="weight of the layer-wise loss: the MSE of every intermediate layer's output, each scaled to the final "
-                        "output's energy (0 = final output only)")
     g = p.add_argument_group("statistics")
     g.add_argument("--save-stats", default=None, help="save the statistics here (.safetensors), also during the pass")
     g.add_argument("--resume-stats", action="append", default=[], help="start from saved statistics (repeat to merge several); windows already counted are skipped")
@@ -127,8 +121,6 @@ def _check(p, args):
                 raise ValueError(f"--padding-weight must lie in [0, 1] or be 'all', got {args.padding_weight}")
         if args.num_clips is not None and args.num_clips < 1:
             raise ValueError("--num-clips must be at least 1")
-        if args.refine_hidden < 0 or args.refine_kl < 0:
-            raise ValueError(f"--refine-hidden and --refine-kl must be >= 0, got {args.refine_hidden} and {args.refine_kl}")
         if args.refine_steps < 0 or args.refine_warmup < 0:
             raise ValueError(f"--refine-steps and --refine-warmup must be >= 0, got {args.refine_steps} and {args.refine_warmup}")
     except ValueError as e:
@@ -324,13 +316,11 @@ def main(argv=None) -> int:
 
         feats, real = features_of(processor.feature_extractor, [a for _, a in items])  # windows are <= 30 s
     if args.target_size is not None and allocation == "sensitivity":
-        from liteasr_hf.calibration.refine import teacher_tokens
         from liteasr_hf.calibration.sensitivity import sensitivity_ranks
 
-        probe_tokens = teacher_tokens(model, feats[: args.probe_clips], args.batch_size) if args.sensitivity_loss == "decoder" else None
-        ranks, _ = sensitivity_ranks(model, feats, real, args.target_size, pcas, probe_clips=args.probe_clips, pad_weight=args.padding_weight,
-                                     batch_size=args.batch_size, token_targets=probe_tokens, progress=progress)
-        selection = {"mode": "target-size", "target_size": args.target_size, "allocation": "sensitivity", "sensitivity_loss": args.sensitivity_loss,
+        ranks, _ = sensitivity_ranks(model, feats, real, args.target_size, pcas, probe_clips=args.probe_clips,
+                                     pad_weight=args.padding_weight, batch_size=args.batch_size, progress=progress)
+        selection = {"mode": "target-size", "target_size": args.target_size, "allocation": "sensitivity",
                      "description": f"target size {args.target_size:.0%} of the dense encoder, greedy by measured effect on the encoder output per parameter"}
     else:
         ranks, selection = choose_ranks(encoder, pcas, args)
@@ -345,13 +335,11 @@ def main(argv=None) -> int:
     selection.update(sequential=sequential, refine_steps=args.refine_steps)
     lite = build_lite_model(model, ranks, factors)
     if args.refine_steps:
-        from liteasr_hf.calibration.refine import refine, teacher_hidden_states, teacher_outputs, teacher_tokens
+        from liteasr_hf.calibration.refine import refine, teacher_outputs, teacher_tokens
 
         targets = teacher_outputs(model, feats, args.batch_size)
         tokens = teacher_tokens(model, feats, args.batch_size) if args.refine_kl else None
-        hidden = teacher_hidden_states(model, feats, args.batch_size) if args.refine_hidden else None
-        done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=args.refine_kl, hidden_targets=hidden,
-                      hidden_weight=args.refine_hidden, train=args.refine_train,
+        done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=args.refine_kl, train=args.refine_train,
                       steps=args.refine_steps, lr=args.refine_lr, warmup=args.refine_warmup, pad_weight=args.padding_weight, seed=args.seed, progress=progress)
         selection.update(refine={k: done[k] for k in ("steps", "initial", "best")})
     seconds = time.perf_counter() - t0

@@ -2,20 +2,18 @@
 
 import copy
 
-import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from liteasr_hf.calibration.compress import apply_factors_, encoder_size, linear_budget, linear_dims
-from liteasr_hf.calibration.ranks import linear_params, theta_rank
-from liteasr_hf.calibration.refine import decoder_kl, teacher_tokens
-from liteasr_hf.calibration.sensitivity import allocate, measure_gains, sensitivity_ranks
-from liteasr_hf.calibration.sequential import _in_out, calibrate, fixed_ranks, frame_weights, theta_rule
+from liteasr_hf.calibration.ranks import linear_params
+from liteasr_hf.calibration.sensitivity import allocate, sensitivity_ranks
+from liteasr_hf.calibration.sequential import calibrate, fixed_ranks, frame_weights, theta_rule
 
 
-def tiny_whisper(seed=0, encoder_layers=2):
+def tiny_whisper(seed=0):
     torch.manual_seed(seed)
-    cfg = WhisperConfig(vocab_size=100, num_mel_bins=16, d_model=64, encoder_layers=encoder_layers, decoder_layers=1,
+    cfg = WhisperConfig(vocab_size=100, num_mel_bins=16, d_model=64, encoder_layers=2, decoder_layers=1,
                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=128,
                         max_source_positions=60, max_target_positions=20, pad_token_id=0, bos_token_id=1,
                         eos_token_id=2, decoder_start_token_id=1, init_std=0.25)
@@ -89,35 +87,3 @@ def test_sensitivity_ranks_fit_target():
         dims = linear_dims(enc)
         saved = sum(linear_params(None, *dims[n]) - linear_params(k, *dims[n]) for n, k in ranks.items())
         assert sum(p.numel() for p in enc.parameters()) - saved <= target * sum(p.numel() for p in enc.parameters())
-
-
-def test_decoder_sensitivity_is_kl_over_own_error():
-    """With teacher tokens a linear's gain is the decoder's KL (summed over the probe clips) over that linear's
-    own weighted squared error, when it alone is cut to its probe rank: recomputed here with a forward hook on
-    a copy of the whole model (float32 end to end: 1e-4 relative)."""
-    model, (feats, real) = tiny_whisper(), data(n=4)
-    _, _, pcas = calibrate(model, feats, real, lambda *a: None, sequential=False, keep_pcas=True, progress=False)
-    tokens = teacher_tokens(model, feats, max_new_tokens=5)
-    gains = measure_gains(model, feats, real, pcas, token_targets=tokens, progress=False)
-    enc_gains = measure_gains(model, feats, real, pcas, progress=False)
-    assert gains.keys() == enc_gains.keys() and gains != enc_gains
-
-    name = "layers.0.fc1"
-    mean, evals, evecs = pcas[name]
-    d_in, d_out = _in_out(model.get_encoder().get_submodule(name))
-    k = theta_rank(evals, 0.99, d_in, d_out) or max(16, 16 * ((d_in * d_out // (d_in + d_out) - 1) // 16))
-    w = frame_weights(real, 60)
-    err = []
-
-    def truncate(_, __, y):
-        yk = (y - mean) @ evecs[:, :k] @ evecs[:, :k].T + mean
-        err.append(float((((y - yk) ** 2).sum(-1) * w).sum()))
-        return yk
-
-    cut = copy.deepcopy(model)
-    cut.get_encoder().get_submodule(name).register_forward_hook(truncate)
-    with torch.no_grad():
-        kl = float(decoder_kl(model, cut.get_encoder()(input_features=feats).last_hidden_state, tokens)) * len(tokens)
-    assert abs(gains[name] - kl / err[0]) < 1e-4 * gains[name], (gains[name], kl / err[0])
-    with pytest.raises(ValueError, match="whole Whisper"):
-        measure_gains(model.get_encoder(), feats, real, pcas, token_targets=tokens, progress=False)

@@ -8,9 +8,6 @@ norms too) to match the dense encoder on unlabeled calibration audio:
 - encoder-output MSE (cheap: no decoder), every frame weighted so that real audio and padding each
   hold `1 - pad_weight` / `pad_weight` of a clip's loss; the decoder cross-attends to the padding,
   so an encoder that only matches the speech frames makes it loop;
-- optionally (`hidden_weight > 0`) the same MSE on every intermediate layer's output (layer-wise
-  distillation: each window then constrains every layer, not just the last), each layer's term scaled
-  to the final output's energy since the residual stream grows with depth;
 - optionally (`kl_weight > 0`) the KL divergence from the dense model's next-token distribution on
   its own greedy transcripts (teacher forcing; the dense model is the teacher, no labels needed).
 
@@ -49,19 +46,6 @@ def teacher_outputs(dense_model: nn.Module, features: torch.Tensor, batch_size: 
 
 
 @torch.no_grad()
-def teacher_hidden_states(dense_model: nn.Module, features: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """The dense encoder's intermediate layer outputs [N, L - 1, T, D] (float16, CPU): targets of the
-    layer-wise loss. The last layer's output is `teacher_outputs` (after the final layer norm)."""
-    enc = _encoder(dense_model).eval()
-    p = next(enc.parameters())
-    out = []
-    for f in features.split(batch_size):
-        states = enc(input_features=f.to(p.device, p.dtype), output_hidden_states=True).hidden_states
-        out.append(torch.stack(states[1:-1], 1).half().cpu())  # [0] is the embedding, [-1] the normed output
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def teacher_tokens(dense_model: nn.Module, features: torch.Tensor, batch_size: int = 8, **generate_kwargs):
     """Teacher forcing targets for the KL loss: for each clip, the dense model's greedy token ids
     (prompt included) and its log-probabilities over them [len - 1, vocab] (float16, CPU)."""
@@ -85,7 +69,7 @@ def teacher_tokens(dense_model: nn.Module, features: torch.Tensor, batch_size: i
     return out
 
 
-def decoder_kl(model, enc_out, targets):
+def _kl(model, enc_out, targets):
     """Mean over tokens of KL(teacher || student) for each clip in the batch (decoder frozen)."""
     total = 0.0
     for e, (ids, t_logp) in zip(enc_out, targets):
@@ -125,8 +109,6 @@ def refine(
     *,
     token_targets: Sequence | None = None,
     kl_weight: float = 0.0,
-    hidden_targets: torch.Tensor | None = None,
-    hidden_weight: float = 0.0,
     train: str = "factors",
     steps: int = 300,
     lr: float = 1e-4,
@@ -143,9 +125,7 @@ def refine(
     """Refine `model` (a compressed Whisper: lite model or one with low-rank linears) in place.
 
     features: [N, n_mels, 3000] calibration log-mels; real: [N] real-audio encoder frames; targets:
-    `teacher_outputs(dense_model, features)`; token_targets: `teacher_tokens(...)` when kl_weight > 0;
-    hidden_targets: `teacher_hidden_states(...)` when hidden_weight > 0 (the weight of the mean
-    intermediate-layer term relative to the final output's).
+    `teacher_outputs(dense_model, features)`; token_targets: `teacher_tokens(...)` when kl_weight > 0.
     The last `holdout` share of the clips (after a seeded shuffle) is never trained on: it is scored
     every `eval_every` steps, training stops after `patience` scores without improvement, and the
     best-scoring parameters are restored. `warmup`: the learning rate rises linearly to `lr` over this
@@ -159,8 +139,6 @@ def refine(
 
     if kl_weight and token_targets is None:
         raise ValueError("kl_weight > 0 needs token_targets (teacher_tokens of the dense model)")
-    if hidden_weight and hidden_targets is None:
-        raise ValueError("hidden_weight > 0 needs hidden_targets (teacher_hidden_states of the dense model)")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     n = len(features)
@@ -168,12 +146,6 @@ def refine(
     n_held = max(1, round(holdout * n)) if holdout > 0 else 0
     held, train_idx = order[n - n_held :], order[: n - n_held]
     weights = frame_weights(real.to(torch.long), targets.shape[1], pad_weight)
-    if hidden_weight:  # each layer's term in the final output's units: x (final energy / that layer's energy)
-        def energy(t):  # [n, T, D] -> weighted mean square over the training windows
-            return float((t.float().pow(2).mean(-1) * weights[train_idx]).sum()) / len(train_idx)
-
-        n_hidden = hidden_targets.shape[1]
-        hidden_scale = [hidden_weight / n_hidden * energy(targets[train_idx]) / energy(hidden_targets[train_idx, l]) for l in range(n_hidden)]
 
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     params = trainable(model, train)
@@ -190,20 +162,11 @@ def refine(
 
     def loss_fn(idx):
         x = features[idx].to(acc.device, dtype)
+        out = _enc_out(enc, x).float()
         w = weights[idx].to(acc.device)
-
-        def mse(a, b):
-            return (((a.float() - b.to(acc.device).float()) ** 2).mean(-1) * w).sum() / len(idx)
-
-        if hidden_weight:
-            states = enc(input_features=x, output_hidden_states=True).hidden_states
-            out = states[-1].float()
-            loss = mse(out, targets[idx]) + sum(s * mse(h, hidden_targets[idx, l]) for l, (s, h) in enumerate(zip(hidden_scale, states[1:-1])))
-        else:
-            out = _enc_out(enc, x).float()
-            loss = mse(out, targets[idx])
+        loss = (((out - targets[idx].to(acc.device)) ** 2).mean(-1) * w).sum() / len(idx)
         if kl_weight:
-            loss = loss + kl_weight * decoder_kl(core, out.to(dtype), [token_targets[int(i)] for i in idx])
+            loss = loss + kl_weight * _kl(core, out.to(dtype), [token_targets[int(i)] for i in idx])
         return loss
 
     @torch.no_grad()

@@ -8,9 +8,6 @@ encoder's final output by the error at the linear's own output (both weighted re
 statistics, since the decoder attends to padding too). The discarded eigenvalues of a linear, times
 its gain, then estimate what each rank step buys at the output, and ranks are allocated greedily by
 that per parameter spent, in multiples of 16 and with the eq. 8 rule, never above the budget.
-
-With `token_targets` the error at the output is what the decoder reads instead: the KL divergence from
-the dense model's next-token distribution on its own greedy transcripts of the probe clips.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from torch import nn
 
 from .compress import linear_budget
 from .ranks import greedy_ranks, theta_rank
-from .refine import decoder_kl
 from .sequential import _in_out, encoder_inputs, frame_weights
 from .stats import DEFAULT_PADDING_WEIGHT
 
@@ -53,21 +49,16 @@ def measure_gains(
     probe_theta: float = 0.99,
     pad_weight: float | None = DEFAULT_PADDING_WEIGHT,
     batch_size: int = 8,
-    token_targets=None,
     progress: bool = True,
 ) -> dict[str, float]:
     """{linear: final-output error / own-output error} when that linear alone is cut to the rank
     keeping `probe_theta` of its variance (capped to the largest rank eq. 8 allows).
 
     features/real: the probe clips (a few suffice); pcas: {name: (mean, evals, evecs)} of the dense
-    statistics (`sequential.calibrate(..., sequential=False, keep_pcas=True)`); token_targets:
-    `refine.teacher_tokens(model, features)` to measure the output error as the decoder's KL (needs
-    the whole Whisper model).
+    statistics (`sequential.calibrate(..., sequential=False, keep_pcas=True)`).
     """
     from tqdm.auto import tqdm
 
-    if token_targets is not None and not hasattr(model, "proj_out"):
-        raise ValueError("decoder sensitivity (token_targets) needs the whole Whisper model, not its encoder")
     encoder = copy.deepcopy(model.get_encoder() if hasattr(model, "get_encoder") else model).eval()
     dev = next(encoder.parameters()).device
     hidden = [encoder_inputs(encoder, features, batch_size).to(dev)]  # a few probe clips: kept on the device
@@ -75,12 +66,6 @@ def measure_gains(
         hidden.append(torch.cat([layer(h, None) for h in hidden[-1].split(batch_size)]))
     ref = encoder.layer_norm(hidden[-1])
     w = frame_weights(real.to(torch.long), ref.shape[1], pad_weight).to(dev)
-
-    def output_error(out, i):  # summed over the probe clips i, i + 1, ...
-        if token_targets is not None:
-            return float(decoder_kl(model, out, token_targets[i : i + len(out)])) * len(out)
-        return float((((out - ref[i : i + len(out)]) ** 2).sum(-1) * w[i : i + len(out)]).sum())
-
     gains = {}
     for name in tqdm(pcas, desc="sensitivity", unit="linear", disable=not progress):
         mean, evals, evecs = pcas[name]
@@ -98,7 +83,7 @@ def measure_gains(
                 h = hidden[li][i : i + batch_size]
                 for layer in encoder.layers[li:]:
                     h = layer(h, None)
-                final += output_error(encoder.layer_norm(h), i)
+                final += float((((encoder.layer_norm(h) - ref[i : i + batch_size]) ** 2).sum(-1) * probe.weights).sum())
         finally:
             setattr(encoder.get_submodule(parent), leaf, lin)
         gains[name] = final / max(probe.err, 1e-30)
@@ -128,17 +113,15 @@ def sensitivity_ranks(
     probe_theta: float = 0.99,
     pad_weight: float | None = DEFAULT_PADDING_WEIGHT,
     batch_size: int = 8,
-    token_targets=None,
     progress: bool = True,
 ):
     """Ranks for an encoder of `target` x its dense size: (ranks, gains). The gains are measured on
     the first `probe_clips` clips unless given (they do not depend on the target: a sweep measures them
-    once), at the encoder output or, with `token_targets` (of those probe clips), through the decoder;
-    the spectra are the dense statistics' (`pcas`)."""
+    once); the spectra are the dense statistics' (`pcas`)."""
     encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
     if gains is None:
         gains = measure_gains(model, features[:probe_clips], real[:probe_clips], pcas, probe_theta=probe_theta,
-                              pad_weight=pad_weight, batch_size=batch_size, token_targets=token_targets, progress=progress)
+                              pad_weight=pad_weight, batch_size=batch_size, progress=progress)
     dims = {n: _in_out(encoder.get_submodule(n)) for n in pcas}
     ranks = allocate({n: p[1] for n, p in pcas.items()}, dims, gains, linear_budget(encoder, target))
     return ranks, gains
