@@ -118,7 +118,7 @@ def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFA
         name = "sensitivity allocation"
         if refine:
             defaults = inspect.signature(refine_factors).parameters
-            changed = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+            changed = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                                 for k, v in refine.items() if k != "steps" and v != defaults[k].default)
             name += f" + {refine['steps']} refinement steps" + (f" ({changed})" if changed else "")
     return Method(name, [(f"{s:.0%}", s) for s in sizes], build)

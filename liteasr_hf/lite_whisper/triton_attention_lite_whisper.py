@@ -252,11 +252,6 @@ if HAS_TRITON:
     )(_attn_fwd)
 
 
-def _heuristic_blocks(tq):
-    """Fixed tiles used under the interpreter (no autotuning there: its timings mean nothing)."""
-    return (32 if tq <= 32 else 64), 32
-
-
 def attention_core_triton(q, k, v, key_bias=None):
     """Launch the kernel (no dispatch logic: the caller checked ``supported``). Returns [B, H, Tq, Dv]."""
     if not HAS_TRITON:
@@ -293,7 +288,7 @@ def attention_core_triton(q, k, v, key_bias=None):
         HAS_BIAS=has_bias, DOT_PREC=dot_prec, UPCAST=upcast,
     )
     if interpreter_enabled() or q.device.type != "cuda":
-        bm, bn = _heuristic_blocks(TQ)
+        bm, bn = (32 if TQ <= 32 else 64), 32  # fixed tiles: no autotuning here, the interpreter's timings mean nothing
         grid = (triton.cdiv(TQ, bm), B * H)
         _attn_fwd[grid](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, num_stages=2)
     else:
