@@ -38,7 +38,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends "(default: X)" only where there is a default and the help does not already say it."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default in (None, False, []) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -65,6 +65,10 @@ def parse_args(argv=None):
     g.add_argument("--theta-attn", type=float, default=None, help="variance kept by attention linears (overrides the preset)")
     g.add_argument("--theta-mlp", type=float, default=None, help="variance kept by MLP linears (overrides the preset)")
     g.add_argument("--target-size", type=float, default=None, help="encoder parameters as a fraction of dense, in (0, 1]: greedy allocation instead of θ")
+    g.add_argument("--stages", type=float, nargs="+", default=[], metavar="SIZE",
+                   help="compress progressively: first to these sizes (descending, above --target-size), each stage re-measured on the "
+                        "calibration windows from the one before and refined with --refine-steps (teacher: the dense model); "
+                        "each stage costs one more statistics pass and refinement")
     g.add_argument("--padding-weight", default="0.5", help="share of the mean/covariance given to padding frames, in [0, 1]; 'all' = every frame alike (paper)")
     g.add_argument("--allocation", default="sensitivity", choices=["variance", "sensitivity"],
                    help="with --target-size: ranks by measured effect of each linear on the encoder output per parameter (default; issue 7) "
@@ -113,6 +117,14 @@ def _check(p, args):
         args.preset = args.preset or "balanced"  # θ defaults when only one of --theta-attn / --theta-mlp is given
         if args.target_size is not None and not 0.0 < args.target_size <= 1.0:
             raise ValueError(f"--target-size must lie in (0, 1] (a fraction of the dense encoder), got {args.target_size}")
+        if args.stages:
+            if args.target_size is None:
+                raise ValueError("--stages needs --target-size (stages are sizes, not θ presets)")
+            if args.sequential != "off":
+                raise ValueError("--stages does not combine with --sequential")
+            sizes = args.stages + [args.target_size]
+            if any(not a > b for a, b in zip(sizes, sizes[1:])) or not sizes[0] < 1.0:
+                raise ValueError(f"--stages must descend from below 1 to above --target-size {args.target_size}, got {' '.join(map(str, args.stages))}")
         if args.padding_weight == "all":
             args.padding_weight = None
         else:
@@ -225,16 +237,16 @@ def gather_stats(model, processor, items, args, device, dtype):
 # ---- ranks -----------------------------------------------------------------------------------------
 
 
-def choose_ranks(encoder, pcas, args):
+def choose_ranks(encoder, pcas, size, args):
     from liteasr_hf.calibration.compress import linear_budget, linear_dims
     from liteasr_hf.calibration.ranks import PRESET_ALIASES, preset_thetas, target_ranks, theta_ranks
 
     dims = linear_dims(encoder)
     evals = {n: p[1] for n, p in pcas.items()}
-    if args.target_size is not None:
-        ranks = target_ranks(evals, dims, linear_budget(encoder, args.target_size))
-        return ranks, {"mode": "target-size", "target_size": args.target_size,
-                       "description": f"target size {args.target_size:.0%} of the dense encoder, greedy by variance kept per parameter"}
+    if size is not None:
+        ranks = target_ranks(evals, dims, linear_budget(encoder, size))
+        return ranks, {"mode": "target-size", "target_size": size,
+                       "description": f"target size {size:.0%} of the dense encoder, greedy by variance kept per parameter"}
     preset = PRESET_ALIASES.get(args.preset, args.preset)
     ta, tm = preset_thetas(preset)
     ta = ta if args.theta_attn is None else args.theta_attn
@@ -244,6 +256,30 @@ def choose_ranks(encoder, pcas, args):
     label = "custom θ" if custom else f"preset {preset}"
     return ranks, {"mode": "theta" if custom else preset, "preset": None if custom else preset, "theta_attn": ta, "theta_mlp": tm,
                    "description": f"{label}: θ attention {ta}, θ MLP {tm} (smallest multiple of 16 above θ; eq. 8)"}
+
+
+def compress(model, pcas, feats, real, size, args):
+    """(ranks, factors, selection) of one compression of `model`'s encoder to `size` (None: the θ rule)."""
+    from liteasr_hf.calibration.compress import factorize
+
+    encoder, progress = model.get_encoder(), not args.no_progress
+    if size is not None and args.allocation == "sensitivity":
+        from liteasr_hf.calibration.sensitivity import sensitivity_ranks
+
+        ranks, _ = sensitivity_ranks(model, feats, real, size, pcas, probe_clips=args.probe_clips,
+                                     pad_weight=args.padding_weight, batch_size=args.batch_size, progress=progress)
+        selection = {"mode": "target-size", "target_size": size, "allocation": "sensitivity",
+                     "description": f"target size {size:.0%} of the dense encoder, greedy by measured effect on the encoder output per parameter"}
+    else:
+        ranks, selection = choose_ranks(encoder, pcas, size, args)
+    if args.sequential == "off":
+        return ranks, factorize(encoder, pcas, ranks, next(encoder.parameters()).dtype), selection
+    from liteasr_hf.calibration.sequential import calibrate as sequential_calibrate, fixed_ranks
+
+    factors, _, _ = sequential_calibrate(model, feats, real, fixed_ranks(ranks), target=args.sequential, pad_weight=args.padding_weight,
+                                         batch_size=args.batch_size, progress=progress)
+    p = next(encoder.parameters())
+    return ranks, {n: tuple(t.to(p.device, p.dtype) for t in f) for n, f in factors.items()}, selection
 
 
 def default_output(name: str, args) -> str:
@@ -293,7 +329,7 @@ def main(argv=None) -> int:
     from liteasr_hf import save_lite_checkpoint
     from liteasr_hf.audio import window_items
     from liteasr_hf.calibration.card import INFO_FILE, render_model_card
-    from liteasr_hf.calibration.compress import build_lite_model, encoder_size, factorize, spectra
+    from liteasr_hf.calibration.compress import build_lite_model, encoder_size, spectra
 
     t0 = time.perf_counter()
     state = PartialState()
@@ -308,40 +344,41 @@ def main(argv=None) -> int:
         return 0
     encoder = model.get_encoder()
     pcas = spectra(stats, args.padding_weight, progress=not args.no_progress)
-    sequential, allocation = args.sequential, args.allocation
     progress = not args.no_progress
-    feats = real = None
-    if sequential != "off" or args.refine_steps or (args.target_size is not None and allocation == "sensitivity"):
+    feats = real = targets = tokens = None
+    if args.sequential != "off" or args.refine_steps or (args.target_size is not None and args.allocation == "sensitivity"):
         from liteasr_hf.calibration.sequential import features_of
 
         feats, real = features_of(processor.feature_extractor, [a for _, a in items])  # windows are <= 30 s
-    if args.target_size is not None and allocation == "sensitivity":
-        from liteasr_hf.calibration.sensitivity import sensitivity_ranks
-
-        ranks, _ = sensitivity_ranks(model, feats, real, args.target_size, pcas, probe_clips=args.probe_clips,
-                                     pad_weight=args.padding_weight, batch_size=args.batch_size, progress=progress)
-        selection = {"mode": "target-size", "target_size": args.target_size, "allocation": "sensitivity",
-                     "description": f"target size {args.target_size:.0%} of the dense encoder, greedy by measured effect on the encoder output per parameter"}
-    else:
-        ranks, selection = choose_ranks(encoder, pcas, args)
-    if sequential != "off":
-        from liteasr_hf.calibration.sequential import calibrate as sequential_calibrate, fixed_ranks
-
-        factors, _, _ = sequential_calibrate(model, feats, real, fixed_ranks(ranks), target=sequential, pad_weight=args.padding_weight,
-                                             batch_size=args.batch_size, progress=progress)
-        factors = {n: tuple(t.to(device, dtype) for t in f) for n, f in factors.items()}
-    else:
-        factors = factorize(encoder, pcas, ranks, dtype)
-    selection.update(sequential=sequential, refine_steps=args.refine_steps)
-    lite = build_lite_model(model, ranks, factors)
     if args.refine_steps:
         from liteasr_hf.calibration.refine import refine, teacher_outputs, teacher_tokens
 
-        targets = teacher_outputs(model, feats, args.batch_size)
+        targets = teacher_outputs(model, feats, args.batch_size)  # the original dense model teaches every stage
         tokens = teacher_tokens(model, feats, args.batch_size) if args.refine_kl else None
-        done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=args.refine_kl, train=args.refine_train,
-                      steps=args.refine_steps, lr=args.refine_lr, warmup=args.refine_warmup, pad_weight=args.padding_weight, seed=args.seed, progress=progress)
-        selection.update(refine={k: done[k] for k in ("steps", "initial", "best")})
+    sizes, stages, current = args.stages + [args.target_size], [], model
+    for i, size in enumerate(sizes):
+        if len(sizes) > 1:
+            logger.info("stage %d/%d: %.0f %% of the dense encoder", i + 1, len(sizes), 100 * size)
+        if i:  # the next stage compresses what the last one built, re-measured on the calibration windows
+            from liteasr_hf.calibration.compress import densify
+            from liteasr_hf.calibration.stats import CalibrationStats, collect
+
+            current = densify(model, lite)
+            current_stats = collect(current, processor.feature_extractor, items, CalibrationStats.for_encoder(current.get_encoder()),
+                                    batch_size=args.batch_size, device=device, dtype=dtype, total=len(items), progress=progress)
+            pcas = spectra(current_stats, args.padding_weight, progress=progress)
+        ranks, factors, selection = compress(current, pcas, feats, real, size, args)
+        lite = build_lite_model(current, ranks, factors)
+        stage = {"size": size}
+        if args.refine_steps:
+            done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=args.refine_kl, train=args.refine_train,
+                          steps=args.refine_steps, lr=args.refine_lr, warmup=args.refine_warmup, pad_weight=args.padding_weight, seed=args.seed, progress=progress)
+            stage["refine"] = {k: done[k] for k in ("steps", "initial", "best")}
+        stages.append(stage)
+    selection.update(sequential=args.sequential, refine_steps=args.refine_steps, **({"refine": stages[-1]["refine"]} if args.refine_steps else {}))
+    if args.stages:
+        selection["stages"] = stages
+        selection["description"] += ", reached in stages " + " → ".join(f"{st['size']:.0%}" for st in stages)
     seconds = time.perf_counter() - t0
     peak = peak_memory_gb(device)
 

@@ -142,23 +142,26 @@ def test_no_argument_job(tmp_path):
 
 
 def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_path):
-    """Reuse saved statistics (no audio pass: their windows are already counted) for a target size, refine
-    two steps; the push then fails offline with exit code 3 after the folder is complete."""
+    """Reuse saved statistics (no audio pass: their windows are already counted) for a target size reached in two
+    stages, each refined two steps; the push then fails offline with exit code 3 after the folder is complete."""
     _, _, path = tiny_en
     script = load_script()
     stats, split = tmp_path / "stats.safetensors", tmp_path / "split.json"
     tiny_stats.save(str(stats))
     split.write_text(json.dumps({"calibration": CAL_FILES}))
     out = tmp_path / "b"
-    code = script.main(["--model", path, "--split-file", str(split), "--resume-stats", str(stats), "--target-size", "0.75",
+    code = script.main(["--model", path, "--split-file", str(split), "--resume-stats", str(stats), "--target-size", "0.75", "--stages", "0.9",
                         "--refine-steps", "2", "--refine-warmup", "1", "--output-dir", str(out), "--push-to-hub", "someone/lite-test", "--no-progress"])
     assert code == 3
     info = json.loads((out / "calibration.json").read_text())
     assert info["size"]["fraction"] <= 0.75 and info["calibration"]["windows"] == len(CAL_FILES)
     assert info["selection"]["mode"] == "target-size" and info["selection"]["refine"]["steps"] == 2
+    assert [(st["size"], st["refine"]["steps"]) for st in info["selection"]["stages"]] == [(0.9, 2), (0.75, 2)]
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
     for bad in (["--theta-attn", "1.0"], ["--theta-mlp", "0"], ["--target-size", "0"], ["--target-size", "1.5"], ["--padding-weight", "2"],
-                ["--refine-steps", "-1"], ["--refine-warmup", "-1"]):
+                ["--refine-steps", "-1"], ["--refine-warmup", "-1"], ["--stages", "0.7"], ["--stages", "1.0"],
+                ["--stages", "0.7", "0.9", "--target-size", "0.5"], ["--stages", "0.9", "--preset", "fast"],
+                ["--stages", "0.9", "--sequential", "dense"]):
         with pytest.raises(SystemExit):
             script.parse_args(bad)
     with pytest.raises(SystemExit, match="already a LiteASR"):

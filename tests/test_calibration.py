@@ -216,12 +216,7 @@ def test_target_size_never_exceeds_budget(tiny):
 
 
 def test_lite_model_matches_factors(tiny):
-    """The lite model classes carry the factors exactly (skipped until the model classes exist)."""
-    pytest.importorskip("liteasr_hf", reason="liteasr_hf")
-    try:
-        from liteasr_hf import LiteWhisperForConditionalGeneration  # noqa: F401
-    except ImportError:
-        pytest.skip("lite model classes not available")
+    """The lite model classes carry the factors exactly."""
     from liteasr_hf.calibration.compress import build_lite_model
 
     model, fe = tiny
@@ -240,3 +235,29 @@ def test_lite_model_matches_factors(tiny):
     with torch.no_grad():
         torch.testing.assert_close(lite.get_encoder()(feats).last_hidden_state,
                                    ref_model.get_encoder()(feats).last_hidden_state, rtol=1e-4, atol=1e-4)
+
+
+def test_densify_computes_what_the_lite_model_computes():
+    """A stage's dense copy (`--stages`) has the dense shapes and the lite encoder's function, k_proj's bias
+    dropped (it cancels in the softmax), a changed layer norm carried over, the decoder untouched.
+    Tolerance 1e-4: float32 products taken in another order than the lite model's two thin matmuls."""
+    from liteasr_hf.calibration.compress import build_lite_model, densify
+    from modeling_utils import random_factors, tiny_whisper
+
+    model = tiny_whisper()
+    low_rank_config = [{"q_proj": 8, "k_proj": 8, "v_proj": 16, "fc1": 16}, {"k_proj": 8, "out_proj": 8, "fc2": 8}]
+    factors = random_factors(model, low_rank_config)
+    names = {f"layers.{i}.{'' if n[:2] == 'fc' else 'self_attn.'}{n}": k for i, l in enumerate(low_rank_config) for n, k in l.items()}
+    lite = build_lite_model(model, names, factors).eval()
+    with torch.no_grad():
+        lite.get_encoder().layers[1].final_layer_norm.weight.mul_(1.5)  # as refinement with --refine-train factors+norms would
+    dense = densify(model, lite)
+    assert [(n, p.shape) for n, p in dense.named_parameters()] == [(n, p.shape) for n, p in model.named_parameters()]
+    feats = torch.randn(2, 80, 100, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out, ref = dense.get_encoder()(feats).last_hidden_state, lite.get_encoder()(feats).last_hidden_state
+    assert factors["layers.0.self_attn.k_proj"][2].abs().max() > 0.1  # a k bias that matters if it did not cancel
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out, model.get_encoder()(feats).last_hidden_state, atol=1e-2)
+    for a, b in zip(dense.get_decoder().parameters(), model.get_decoder().parameters()):
+        assert torch.equal(a, b)

@@ -7,6 +7,8 @@ Here W = linear.weight.T ([in, out]; nn.Linear stores [out, in]).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -96,6 +98,32 @@ def apply_factors_(encoder: nn.Module, factors: dict) -> nn.Module:
         parent, leaf = name.rsplit(".", 1)
         setattr(encoder.get_submodule(parent), leaf, LowRankLinear(w1, w2, b))
     return encoder
+
+
+@torch.no_grad()
+def densify(dense_model, lite_model):
+    """A copy of `dense_model` whose encoder computes what `lite_model`'s does, every low-rank pair multiplied
+    back into one dense weight: the start of a further compression stage (`calibrate.py --stages`), with the
+    same parameter shapes, so size budgets stay fractions of the original.
+
+    Where the dense linear has no bias (Whisper's k_proj), the pair's bias is dropped: adding one vector to
+    every key shifts all of a query's scores by the same amount, which the softmax cancels."""
+    model = copy.deepcopy(dense_model)
+    encoder, lite = model.get_encoder(), lite_model.get_encoder().state_dict()
+    state = {}
+    for key in encoder.state_dict():
+        module, part = key.rsplit(".", 1)
+        if f"{module}.weight1" not in lite:
+            state[key] = lite[key]
+        elif part == "weight":
+            state[key] = (lite[f"{module}.weight1"].double() @ lite[f"{module}.weight2"].double()).T
+        else:
+            state[key] = lite[f"{module}.bias"]
+    for name, m in encoder_linears(encoder).items():
+        if m.bias is None and f"{name}.weight1" in lite and not name.endswith("k_proj"):
+            raise ValueError(f"{name} has no bias in the dense model, and only k_proj's bias cancels in attention")
+    encoder.load_state_dict(state)  # copies into the dense dtype and device
+    return model
 
 
 def build_lite_model(dense_model, ranks: dict, factors: dict):
