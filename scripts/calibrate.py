@@ -237,12 +237,20 @@ def gather_stats(model, processor, items, args, device, dtype):
 # ---- ranks -----------------------------------------------------------------------------------------
 
 
-def choose_ranks(encoder, pcas, size, args):
+def choose_ranks(model, pcas, feats, real, size, args):
+    """(ranks, selection record) for `model`'s encoder: `size` by sensitivity or variance, or the θ rule (size None)."""
     from liteasr_hf.calibration.compress import linear_budget, linear_dims
     from liteasr_hf.calibration.ranks import PRESET_ALIASES, preset_thetas, target_ranks, theta_ranks
+    from liteasr_hf.calibration.sensitivity import sensitivity_ranks
 
+    encoder = model.get_encoder()
     dims = linear_dims(encoder)
     evals = {n: p[1] for n, p in pcas.items()}
+    if size is not None and args.allocation == "sensitivity":
+        ranks, _ = sensitivity_ranks(model, feats, real, size, pcas, probe_clips=args.probe_clips,
+                                     pad_weight=args.padding_weight, batch_size=args.batch_size, progress=not args.no_progress)
+        return ranks, {"mode": "target-size", "target_size": size, "allocation": "sensitivity",
+                       "description": f"target size {size:.0%} of the dense encoder, greedy by measured effect on the encoder output per parameter"}
     if size is not None:
         ranks = target_ranks(evals, dims, linear_budget(encoder, size))
         return ranks, {"mode": "target-size", "target_size": size,
@@ -258,28 +266,18 @@ def choose_ranks(encoder, pcas, size, args):
                    "description": f"{label}: θ attention {ta}, θ MLP {tm} (smallest multiple of 16 above θ; eq. 8)"}
 
 
-def compress(model, pcas, feats, real, size, args):
-    """(ranks, factors, selection) of one compression of `model`'s encoder to `size` (None: the θ rule)."""
+def factors_for(model, pcas, feats, real, ranks, args):
+    """{linear: (weight1, weight2, bias)}: PCA factors of the statistics, or fitted layer by layer with --sequential."""
     from liteasr_hf.calibration.compress import factorize
-
-    encoder, progress = model.get_encoder(), not args.no_progress
-    if size is not None and args.allocation == "sensitivity":
-        from liteasr_hf.calibration.sensitivity import sensitivity_ranks
-
-        ranks, _ = sensitivity_ranks(model, feats, real, size, pcas, probe_clips=args.probe_clips,
-                                     pad_weight=args.padding_weight, batch_size=args.batch_size, progress=progress)
-        selection = {"mode": "target-size", "target_size": size, "allocation": "sensitivity",
-                     "description": f"target size {size:.0%} of the dense encoder, greedy by measured effect on the encoder output per parameter"}
-    else:
-        ranks, selection = choose_ranks(encoder, pcas, size, args)
-    if args.sequential == "off":
-        return ranks, factorize(encoder, pcas, ranks, next(encoder.parameters()).dtype), selection
     from liteasr_hf.calibration.sequential import calibrate as sequential_calibrate, fixed_ranks
 
-    factors, _, _ = sequential_calibrate(model, feats, real, fixed_ranks(ranks), target=args.sequential, pad_weight=args.padding_weight,
-                                         batch_size=args.batch_size, progress=progress)
+    encoder = model.get_encoder()
     p = next(encoder.parameters())
-    return ranks, {n: tuple(t.to(p.device, p.dtype) for t in f) for n, f in factors.items()}, selection
+    if args.sequential == "off":
+        return factorize(encoder, pcas, ranks, p.dtype)
+    factors, _, _ = sequential_calibrate(model, feats, real, fixed_ranks(ranks), target=args.sequential, pad_weight=args.padding_weight,
+                                         batch_size=args.batch_size, progress=not args.no_progress)
+    return {n: tuple(t.to(p.device, p.dtype) for t in f) for n, f in factors.items()}
 
 
 def default_output(name: str, args) -> str:
@@ -329,7 +327,8 @@ def main(argv=None) -> int:
     from liteasr_hf import save_lite_checkpoint
     from liteasr_hf.audio import window_items
     from liteasr_hf.calibration.card import INFO_FILE, render_model_card
-    from liteasr_hf.calibration.compress import build_lite_model, encoder_size, spectra
+    from liteasr_hf.calibration.compress import build_lite_model, densify, encoder_size, spectra
+    from liteasr_hf.calibration.stats import CalibrationStats, collect
 
     t0 = time.perf_counter()
     state = PartialState()
@@ -360,22 +359,21 @@ def main(argv=None) -> int:
         if len(sizes) > 1:
             logger.info("stage %d/%d: %.0f %% of the dense encoder", i + 1, len(sizes), 100 * size)
         if i:  # the next stage compresses what the last one built, re-measured on the calibration windows
-            from liteasr_hf.calibration.compress import densify
-            from liteasr_hf.calibration.stats import CalibrationStats, collect
-
             current = densify(model, lite)
             current_stats = collect(current, processor.feature_extractor, items, CalibrationStats.for_encoder(current.get_encoder()),
                                     batch_size=args.batch_size, device=device, dtype=dtype, total=len(items), progress=progress)
             pcas = spectra(current_stats, args.padding_weight, progress=progress)
-        ranks, factors, selection = compress(current, pcas, feats, real, size, args)
-        lite = build_lite_model(current, ranks, factors)
+        ranks, selection = choose_ranks(current, pcas, feats, real, size, args)
+        lite = build_lite_model(current, ranks, factors_for(current, pcas, feats, real, ranks, args))
         stage = {"size": size}
         if args.refine_steps:
             done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=args.refine_kl, train=args.refine_train,
                           steps=args.refine_steps, lr=args.refine_lr, warmup=args.refine_warmup, pad_weight=args.padding_weight, seed=args.seed, progress=progress)
             stage["refine"] = {k: done[k] for k in ("steps", "initial", "best")}
         stages.append(stage)
-    selection.update(sequential=args.sequential, refine_steps=args.refine_steps, **({"refine": stages[-1]["refine"]} if args.refine_steps else {}))
+    selection.update(sequential=args.sequential, refine_steps=args.refine_steps)
+    if args.refine_steps:
+        selection["refine"] = stages[-1]["refine"]
     if args.stages:
         selection["stages"] = stages
         selection["description"] += ", reached in stages " + " → ".join(f"{st['size']:.0%}" for st in stages)

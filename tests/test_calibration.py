@@ -241,14 +241,14 @@ def test_densify_computes_what_the_lite_model_computes():
     """A stage's dense copy (`--stages`) has the dense shapes and the lite encoder's function, k_proj's bias
     dropped (it cancels in the softmax), a changed layer norm carried over, the decoder untouched.
     Tolerance 1e-4: float32 products taken in another order than the lite model's two thin matmuls."""
-    from liteasr_hf.calibration.compress import build_lite_model, densify
+    from liteasr_hf import LiteWhisperForConditionalGeneration
+    from liteasr_hf.calibration.compress import densify
     from modeling_utils import random_factors, tiny_whisper
 
     model = tiny_whisper()
     low_rank_config = [{"q_proj": 8, "k_proj": 8, "v_proj": 16, "fc1": 16}, {"k_proj": 8, "out_proj": 8, "fc2": 8}]
     factors = random_factors(model, low_rank_config)
-    names = {f"layers.{i}.{'' if n[:2] == 'fc' else 'self_attn.'}{n}": k for i, l in enumerate(low_rank_config) for n, k in l.items()}
-    lite = build_lite_model(model, names, factors).eval()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(model, low_rank_config, factors).eval()
     with torch.no_grad():
         lite.get_encoder().layers[1].final_layer_norm.weight.mul_(1.5)  # as refinement with --refine-train factors+norms would
     dense = densify(model, lite)

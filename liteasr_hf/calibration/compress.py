@@ -108,9 +108,12 @@ def densify(dense_model, lite_model):
 
     Where the dense linear has no bias (Whisper's k_proj), the pair's bias is dropped: adding one vector to
     every key shifts all of a query's scores by the same amount, which the softmax cancels."""
+    lite = lite_model.get_encoder().state_dict()
+    for name, m in encoder_linears(dense_model.get_encoder()).items():
+        if m.bias is None and f"{name}.weight1" in lite and not name.endswith("k_proj"):
+            raise ValueError(f"{name} has no bias in the dense model, and only k_proj's bias cancels in attention")
     model = copy.deepcopy(dense_model)
-    encoder, lite = model.get_encoder(), lite_model.get_encoder().state_dict()
-    state = {}
+    encoder, state = model.get_encoder(), {}
     for key in encoder.state_dict():
         module, part = key.rsplit(".", 1)
         if f"{module}.weight1" not in lite:
@@ -119,9 +122,6 @@ def densify(dense_model, lite_model):
             state[key] = (lite[f"{module}.weight1"].double() @ lite[f"{module}.weight2"].double()).T
         else:
             state[key] = lite[f"{module}.bias"]
-    for name, m in encoder_linears(encoder).items():
-        if m.bias is None and f"{name}.weight1" in lite and not name.endswith("k_proj"):
-            raise ValueError(f"{name} has no bias in the dense model, and only k_proj's bias cancels in attention")
     encoder.load_state_dict(state)  # copies into the dense dtype and device
     return model
 
