@@ -32,6 +32,14 @@ def attention_core_reference(q, k, v, key_bias=None):
     k = k.expand(q.shape[0], q.shape[1], *k.shape[2:])
     v = v.expand(q.shape[0], q.shape[1], *v.shape[2:])
     mask = None if key_bias is None else key_bias[:, :, None, :].to(q.dtype)
+    d_qk, d_v = q.shape[-1], v.shape[-1]
+    if q.device.type == "cpu" and d_qk != d_v:
+        # SDPA's fused CPU kernel takes one head size for q, k and v; rank-space operands often have two (q/k rank 48,
+        # dense v 64), and SDPA then falls back to its math path, which materialises every score: 3.5x slower at
+        # whisper-tiny's shapes on a 2-core CPU. Zero columns change no score and add output columns we drop.
+        d = max(d_qk, d_v)
+        q, k, v = F.pad(q, (0, d - d_qk)), F.pad(k, (0, d - d_qk)), F.pad(v, (0, d - d_v))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)[..., :d_v]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
 
 
