@@ -97,7 +97,7 @@ def rank_profile(spec, config):
         return [{n: min(s, round16(f * s)) for n, s in sizes.items()} for _ in range(layers)]
     path = os.path.join(spec, "config.json") if os.path.isdir(spec) else spec
     if not os.path.isfile(path):
-        raise SystemExit(f"--ranks: expected 'c-like', 'fraction:F' or a lite checkpoint config, got {spec!r}")
+        raise SystemExit(f"--ranks: expected 'c-like', 'fraction:F', NAME=RANK pairs or a lite checkpoint folder/config.json, got {spec!r}")
     with open(path) as f:
         cfg = json.load(f)
     if "low_rank_config" not in cfg:
@@ -110,6 +110,8 @@ def checkpoint_config(spec, frames):
     from transformers import WhisperConfig
 
     path = os.path.join(spec, "config.json") if os.path.isdir(spec) else spec
+    if not os.path.isfile(path):
+        raise SystemExit(f"--ranks: expected 'c-like', 'fraction:F', NAME=RANK pairs or a lite checkpoint folder/config.json, got {spec!r}")
     with open(path) as f:
         cfg = json.load(f)
     keep = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins", "activation_function")

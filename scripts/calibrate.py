@@ -144,12 +144,9 @@ def _check(p, args):
 
 def resolve(model: str | None) -> tuple[str, str]:
     """(name as given, local folder or Hub id to load)."""
-    name = model or os.environ.get("LITEASR_DEMO_MODEL")
-    if name and os.path.isdir(name):
-        return name, name
-    from liteasr_hf.conversion import DEFAULT_MODEL, resolve_model  # bundled names, Hub ids
+    from liteasr_hf.conversion import DEFAULT_MODEL, resolve_model  # bundled names, checked local folders, Hub ids
 
-    name = name or DEFAULT_MODEL
+    name = model or os.environ.get("LITEASR_DEMO_MODEL") or DEFAULT_MODEL
     return name, resolve_model(name)
 
 
@@ -420,4 +417,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as e:  # bad input (model folder, dataset, option values): the message names it
+        sys.exit(f"error: {e}")

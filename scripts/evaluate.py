@@ -51,14 +51,19 @@ def main(argv=None):
 
     from liteasr_hf.evaluation import evaluate_model, load_groups, markdown, write_json
 
+    from liteasr_hf.conversion import resolve_model
+
     state = PartialState()
+    models = args.model or [DEFAULT_MODEL]
+    for m in models:  # a bad folder fails now, not after the models before it have transcribed everything
+        resolve_model(m)
     groups = load_groups(args.dataset, split=args.split, config=args.config, audio_column=args.audio_column,
                          text_column=args.text_column, limit=args.limit)
     results = [
         evaluate_model(m, groups, batch_size=args.batch_size, language=args.language, task=args.task,
                        max_new_tokens=args.max_new_tokens, device=args.device, dtype=getattr(torch, args.dtype),
                        worst=args.worst, average_subsets=args.dataset == "esb")
-        for m in args.model or [DEFAULT_MODEL]
+        for m in models
     ]
     if not state.is_main_process:
         return results
@@ -77,4 +82,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:  # bad input (model, dataset, option values): the message names it
+        sys.exit(f"error: {e}")

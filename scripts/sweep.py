@@ -83,4 +83,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:  # bad input (model, dataset, option values): the message names it
+        sys.exit(f"error: {e}")

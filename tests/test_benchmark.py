@@ -58,6 +58,13 @@ def test_benchmark_help():
     assert proc.returncode == 0 and "--ranks" in proc.stdout and "c-like" in proc.stdout
 
 
+def test_benchmark_names_a_missing_checkpoint(tmp_path):
+    proc = subprocess.run([sys.executable, SCRIPT, "--device", "cpu", "--ranks", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--ranks: expected" in proc.stderr and "missing" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_benchmark_uniform_ranks_and_profile(tmp_path):
     result, stdout = run_benchmark(tmp_path, "--ranks", "q_proj=16,k_proj=16,fc1=64", "--profile", "--no-naive",
                                    "--core-ranks")

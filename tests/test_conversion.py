@@ -170,9 +170,26 @@ def test_conversion_removes_what_a_killed_one_left(tmp_path, monkeypatch):
     assert sorted(os.listdir(parent)) == [".tmp-whisper-tiny.en-running", "whisper-tiny.en"]
 
 
-def test_resolve_passes_other_names_through(tmp_path):
+def test_resolve_checks_local_folders_and_passes_hub_ids_through(tmp_path):
+    """A local folder must hold config.json and readable safetensors files; the error names the file (transformers'
+    own error for a truncated file names none). Hub ids pass unchanged; a path that is no folder is an error."""
+    from safetensors.torch import save_file
+
     assert resolve_model("openai/whisper-tiny") == "openai/whisper-tiny"
+    with pytest.raises(ValueError, match="no config.json"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    weights = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(64, 64)}, str(weights))
     assert resolve_model(str(tmp_path)) == str(tmp_path)
+    for cut in (100, weights.stat().st_size // 2):  # inside the header; inside the tensor data
+        data = weights.read_bytes()
+        weights.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors file .*corrupt or incomplete"):
+            resolve_model(str(tmp_path))
+        weights.write_bytes(data)
+    with pytest.raises(ValueError, match="no model folder"):
+        resolve_model(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="bundled/whisper-tiny.en"):
         resolve_model("bundled/whisper-huge")
 

@@ -21,3 +21,13 @@ def test_help_explains_every_option(script):
     indent = lambda line: len(line) - len(line.lstrip()) if line.strip() else 0  # noqa: E731
     bare = [lines[i].strip() for i in options if len(lines[i].split()) <= 2 and indent(lines[i + 1]) <= 2]
     assert len(options) >= 3 and bare == [], bare
+
+
+@pytest.mark.parametrize("script", ["calibrate.py", "evaluate.py", "sweep.py"])
+def test_a_bad_model_folder_is_one_line_naming_it(script, tmp_path):
+    """No traceback for bad input: `error: ...` naming the folder, and a non-zero exit."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), "--model", str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"error: {tmp_path} holds no config.json" in out.stderr

@@ -66,10 +66,31 @@ def _remove_stale_partials(dst: str, age_s: float = 3600) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_model_folder(folder: str) -> None:
+    """A local model folder must hold a config.json and readable .safetensors files. Say which file is wrong here:
+    transformers fails deep inside with a message that names no file ("invalid header length")."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ValueError(f"{folder} holds no config.json: not a Transformers model folder")
+    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except Exception as e:  # SafetensorError, or OSError for an unreadable file
+            raise ValueError(f"{path} is not a readable safetensors file ({e}): it is corrupt or incomplete; copy or download it again") from e
+
+
 def resolve_model(name_or_path: str) -> str:
-    """A bundled name -> its converted local folder (converting on first use); anything else unchanged."""
+    """A bundled name -> its converted local folder (converting on first use); a local folder is checked
+    (`check_model_folder`); a Hub id passes unchanged."""
     name = str(name_or_path)
-    if not name.startswith(PREFIX) or os.path.isdir(name):
+    if os.path.isdir(name):
+        check_model_folder(name)
+        return name_or_path
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, as Hub ids are "name" or "owner/name"
+        raise ValueError(f"no model folder {name}")
+    if not name.startswith(PREFIX):
         return name_or_path
     if name not in BUNDLED_MODELS:
         raise ValueError(f"unknown bundled model {name!r}; available: {', '.join(BUNDLED_MODELS)}")

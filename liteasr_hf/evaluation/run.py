@@ -53,6 +53,8 @@ def load_model(name: str, device="cpu", dtype=None):
         model = AutoModelForSpeechSeq2Seq.from_pretrained(path, dtype=dtype or torch.float32)
         processor = AutoProcessor.from_pretrained(path)
     except OSError as e:
+        if os.path.isdir(path):
+            raise ValueError(f"cannot load the model in {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
         raise ValueError(
             f"unknown model {name!r}: not a bundled name (bundled/whisper-tiny.en, bundled/whisper-base), "
             f"a local model folder, or a Hub id reachable now ({e.__class__.__name__}: {str(e).splitlines()[0]})"
