@@ -95,6 +95,11 @@ def rank_profile(spec, config):
             raise SystemExit(f"--ranks fraction must be in (0, 1), got {f}")
         sizes = dict(q_proj=d, k_proj=d, v_proj=d, out_proj=d, fc1=min(d, ffn), fc2=min(d, ffn))
         return [{n: min(s, round16(f * s)) for n, s in sizes.items()} for _ in range(layers)]
+    return lite_config(spec)["low_rank_config"]
+
+
+def lite_config(spec):
+    """The config.json dict of the lite checkpoint (folder or file) that --ranks names."""
     path = os.path.join(spec, "config.json") if os.path.isdir(spec) else spec
     if not os.path.isfile(path):
         raise SystemExit(f"--ranks: expected 'c-like', 'fraction:F', NAME=RANK pairs or a lite checkpoint folder/config.json, got {spec!r}")
@@ -102,18 +107,14 @@ def rank_profile(spec, config):
         cfg = json.load(f)
     if "low_rank_config" not in cfg:
         raise SystemExit(f"{path} has no low_rank_config (not a lite checkpoint config)")
-    return cfg["low_rank_config"]
+    return cfg
 
 
 def checkpoint_config(spec, frames):
     """A WhisperConfig with a lite checkpoint's own dims, when --ranks names one."""
     from transformers import WhisperConfig
 
-    path = os.path.join(spec, "config.json") if os.path.isdir(spec) else spec
-    if not os.path.isfile(path):
-        raise SystemExit(f"--ranks: expected 'c-like', 'fraction:F', NAME=RANK pairs or a lite checkpoint folder/config.json, got {spec!r}")
-    with open(path) as f:
-        cfg = json.load(f)
+    cfg = lite_config(spec)
     keep = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins", "activation_function")
     return WhisperConfig(**{k: cfg[k] for k in keep if k in cfg}, decoder_layers=1, max_source_positions=frames // 2)
 

@@ -22,7 +22,7 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None):
-    from liteasr_hf.conversion import DEFAULT_MODEL
+    from liteasr_hf.conversion import DEFAULT_MODEL, resolve_model
     from liteasr_hf.generation import MAX_NEW_TOKENS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,8 +50,6 @@ def main(argv=None):
     from accelerate import PartialState
 
     from liteasr_hf.evaluation import evaluate_model, load_groups, markdown, write_json
-
-    from liteasr_hf.conversion import resolve_model
 
     state = PartialState()
     models = args.model or [DEFAULT_MODEL]
