@@ -340,6 +340,8 @@ def main(argv=None) -> int:
         return 0
     encoder = model.get_encoder()
     pcas = spectra(stats, args.padding_weight, progress=not args.no_progress)
+    windows, frames = len(stats.seen), stats.frames()
+    del stats  # its float64 Gram matrices (large-v3: 17.6 GB) are spent once the spectra exist
     progress = not args.no_progress
     feats = real = targets = tokens = None
     if args.sequential != "off" or args.refine_steps or (args.target_size is not None and args.allocation == "sensitivity"):
@@ -360,6 +362,7 @@ def main(argv=None) -> int:
             current_stats = collect(current, processor.feature_extractor, items, CalibrationStats.for_encoder(current.get_encoder()),
                                     batch_size=args.batch_size, device=device, dtype=dtype, total=len(items), progress=progress)
             pcas = spectra(current_stats, args.padding_weight, progress=progress)
+            del current_stats
         ranks, selection = choose_ranks(current, pcas, feats, real, size, args)
         lite = build_lite_model(current, ranks, factors_for(current, pcas, feats, real, ranks, args))
         stage = {"size": size}
@@ -392,8 +395,8 @@ def main(argv=None) -> int:
         "size": {"lite": size, "dense": dense, "fraction": size / dense},
         "selection": selection,
         "calibration": {
-            "dataset": data_name, "clips": len(clips), "windows": len(stats.seen), "seed": args.seed,
-            "frames": stats.frames(), "padding_weight": args.padding_weight,
+            "dataset": data_name, "clips": len(clips), "windows": windows, "seed": args.seed,
+            "frames": frames, "padding_weight": args.padding_weight,
             "seconds": seconds, "peak_memory_gb": peak, "device": str(device), "dtype": args.dtype,
             "command": "python scripts/calibrate.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         },

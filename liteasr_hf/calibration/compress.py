@@ -18,18 +18,24 @@ from .stats import DEFAULT_PADDING_WEIGHT, CalibrationStats, encoder_linears
 
 def pca_factors(linear: nn.Linear, mean: torch.Tensor, evecs: torch.Tensor, k: int):
     """(weight1 [in, k], weight2 [k, out], bias [out]) in float64 from the leading k eigenvectors."""
-    W = linear.weight.detach().double().T.to(evecs.device)
-    b = linear.bias.detach().double().to(evecs.device) if linear.bias is not None else torch.zeros_like(mean)
-    Vk = evecs[:, :k]
+    W = linear.weight.detach().double().T
+    mean, Vk = mean.to(W.device, torch.float64), evecs[:, :k].to(W.device, torch.float64)  # on the linear's device
+    b = linear.bias.detach().double() if linear.bias is not None else torch.zeros_like(mean)
     bias = mean + ((b - mean) @ Vk) @ Vk.T
     return W @ Vk, Vk.T.contiguous(), bias
 
 
 def spectra(stats: CalibrationStats, padding_weight: float | None = DEFAULT_PADDING_WEIGHT, progress: bool = False):
-    """{name: (mean, eigenvalues desc, eigenvectors)} for every linear in the statistics."""
+    """{name: (mean, eigenvalues desc, eigenvectors)} for every linear in the statistics, on the CPU.
+
+    The eigendecompositions run where the statistics are; the results go to the CPU because on a GPU they
+    would sit beside the model through sensitivity probes and refinement (large-v3: 8.8 GB of float64
+    eigenvectors). Their users move the columns they keep.
+    """
     from tqdm.auto import tqdm
 
-    return {n: s.pca(padding_weight) for n, s in tqdm(stats.linears.items(), desc="eigendecomposition", unit="linear", disable=not progress)}
+    linears = tqdm(stats.linears.items(), desc="eigendecomposition", unit="linear", disable=not progress)
+    return {n: tuple(t.cpu() for t in s.pca(padding_weight)) for n, s in linears}
 
 
 def linear_dims(encoder: nn.Module) -> dict[str, tuple[int, int]]:

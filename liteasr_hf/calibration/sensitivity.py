@@ -93,7 +93,7 @@ def measure_gains(
 def allocate(spectra: dict, dims: dict, gains: dict, budget: int, multiple: int = 16) -> dict:
     """Greedy ranks under a weight-parameter budget (never exceeded): each step is scored by gain x the
     variance it keeps, in absolute units, per parameter it costs, so linears compete on their effect at the output."""
-    cum = {n: torch.cat([torch.zeros(1, dtype=torch.float64), ev.double().clamp_min(0).cumsum(0)]) for n, ev in spectra.items()}
+    cum = {n: torch.cat([torch.zeros(1, dtype=torch.float64), ev.double().cpu().clamp_min(0).cumsum(0)]) for n, ev in spectra.items()}
 
     def value(n, k, nxt):
         return float(cum[n][-1 if nxt is None else nxt] - cum[n][k]) * gains[n]
