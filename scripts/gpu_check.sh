@@ -29,9 +29,10 @@ stage "environment"
 '| transformers', transformers.__version__, '|', torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
 } | tee "$OUT/env.txt"
 
-stage "GPU tests: kernel vs PyTorch at full shapes, compile and CUDA-graph capture, encoder liteasr vs sdpa"
+stage "GPU tests: kernel vs PyTorch at full shapes, compile and CUDA-graph capture, encoder liteasr vs sdpa, calibration"
 # -n 6: the kernel compiles for each rank, dtype and operand layout; xdist compiles them in parallel (disk cache)
-timeout 120 python3 -m pytest -q -m gpu tests/test_kernel.py -p no:cacheprovider -rs -n 6 2>&1 | tee "$OUT/tests.log"
+timeout 120 python3 -m pytest -q -m gpu tests/test_kernel.py tests/test_calibrate_script.py -p no:cacheprovider -rs -n 6 2>&1 \
+    | tee "$OUT/tests.log"
 
 stage "calibration on CUDA (issue 7): large-v3 shapes, random weights, the shipped clips; 65 % by sensitivity + refinement"
 # Time and peak memory of the whole recipe (statistics, spectra, sensitivity probes, PCA factors, 50 refinement
