@@ -8,7 +8,8 @@ combination; the paper's θ presets are `--preset`) -> outputs/lite-whisper-base
     python scripts/calibrate.py --model openai/whisper-small --dataset ../shared/data/speech-dev \
         --split calibration --preset fast --save-stats stats.safetensors
     python scripts/calibrate.py --resume-stats stats.safetensors --target-size 0.6   # no audio pass
-    accelerate launch scripts/calibrate.py ...   # clips sharded over processes, statistics summed
+    accelerate launch scripts/calibrate.py ...   # clips sharded over processes, statistics summed; the main process
+                                                 # then chooses ranks and refines (other processes exit)
 
 LITEASR_DEMO_MODEL overrides the default model (CI runs the no-argument job on tiny.en).
 """
@@ -49,7 +50,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="Hub id, local folder or bundled name (default: $LITEASR_DEMO_MODEL or bundled/whisper-base)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; the process's device under accelerate)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; the process's device under accelerate; cpu under accelerate/torchrun: processes on CPUs)")
     g.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the dense forward passes and of the saved weights")
     g = p.add_argument_group("calibration audio")
     g.add_argument("--dataset", default=None, help="local audiofolder or Hub dataset id (default: clips shipped with liteasr_hf)")
@@ -328,7 +329,7 @@ def main(argv=None) -> int:
     from liteasr_hf.calibration.stats import CalibrationStats, collect
 
     t0 = time.perf_counter()
-    state = PartialState()
+    state = PartialState(cpu=args.device == "cpu")  # first call: with --device cpu, launched processes run on CPUs (gloo)
     device = args.device or (str(state.device) if state.num_processes > 1 else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
     name, path = resolve(args.model)

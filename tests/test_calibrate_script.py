@@ -141,31 +141,59 @@ def test_no_argument_job(tmp_path):
     assert "fellow americans" in text.lower() and "your country" in text.lower(), text
 
 
+def tiny_dense_and_audio(tmp_path):
+    """A tiny random Whisper folder and a folder of six 0.8 s clips: the whole recipe runs in seconds."""
+    import soundfile as sf
+    from modeling_utils import tiny_audio, tiny_processor, tiny_whisper
+
+    model_dir, audio_dir = tmp_path / "dense", tmp_path / "audio"
+    tiny_whisper().save_pretrained(model_dir)
+    tiny_processor(tmp_path / "vocab").save_pretrained(model_dir)
+    audio_dir.mkdir()
+    for i in range(6):
+        sf.write(audio_dir / f"clip{i}.wav", tiny_audio(seed=i), 16_000)
+    return ["--model", str(model_dir), "--dataset", str(audio_dir), "--probe-clips", "3", "--no-progress"]
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
 def test_every_step_runs_on_the_device(device, tmp_path):
     """The whole recipe (statistics, spectra, sensitivity probes, PCA factors, refinement, a second stage) on a tiny
     random Whisper, on each device. On CUDA, a CPU tensor meeting the GPU's eigenvalues once crashed the sensitivity
     allocation; scripts/gpu_check.sh found it at large-v3 size, which CPU tests cannot reach."""
-    import soundfile as sf
-    from modeling_utils import tiny_audio, tiny_processor, tiny_whisper
-
     from liteasr_hf import LiteWhisperForConditionalGeneration
 
-    model_dir, audio_dir, out = tmp_path / "dense", tmp_path / "audio", tmp_path / "lite"
-    tiny_whisper().save_pretrained(model_dir)
-    tiny_processor(tmp_path / "vocab").save_pretrained(model_dir)
-    audio_dir.mkdir()
-    for i in range(6):
-        sf.write(audio_dir / f"clip{i}.wav", tiny_audio(seed=i), 16_000)
-    code = load_script().main(["--model", str(model_dir), "--dataset", str(audio_dir), "--device", device, "--target-size", "0.8",
-                               "--stages", "0.9", "--refine-steps", "2", "--probe-clips", "3", "--output-dir", str(out), "--no-progress"])
+    out = tmp_path / "lite"
+    code = load_script().main(tiny_dense_and_audio(tmp_path) + ["--device", device, "--target-size", "0.8", "--stages", "0.9",
+                                                                "--refine-steps", "2", "--output-dir", str(out)])
     assert code == 0
     info = json.loads((out / "calibration.json").read_text())
     assert info["calibration"]["device"] == device and info["calibration"]["windows"] == 6
     assert info["size"]["fraction"] <= 0.8 and [st["refine"]["steps"] for st in info["selection"]["stages"]] == [2, 2]
     lite = LiteWhisperForConditionalGeneration.from_pretrained(str(out))
     assert sum(p.numel() for p in lite.get_encoder().parameters()) == info["size"]["lite"]
+
+
+def test_two_processes_give_the_checkpoint_of_one(tmp_path):
+    """Launched processes (`accelerate launch`, torchrun) each take a share of the clips and their statistics are
+    summed; the main process alone then chooses ranks and refines. Two CPU processes (gloo) must write what one
+    process writes. A data-parallel wrapper in refinement once crashed here, waiting on processes already done."""
+    from safetensors.torch import load_file
+
+    args = tiny_dense_and_audio(tmp_path) + ["--device", "cpu", "--target-size", "0.8", "--refine-steps", "3"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert load_script().main(args + ["--output-dir", str(one)]) == 0
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT,
+                        *args, "--output-dir", str(two)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    infos = [json.loads((d / "calibration.json").read_text()) for d in (one, two)]
+    assert infos[0]["ranks"] == infos[1]["ranks"] and infos[1]["calibration"]["windows"] == 6
+    assert infos[0]["calibration"]["frames"] == infos[1]["calibration"]["frames"]
+    a, b = (load_file(str(d / "model.safetensors")) for d in (one, two))
+    assert a.keys() == b.keys()
+    for k in a:  # the statistics were summed in another order: float64 rounding, then 3 Adam steps in float32
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_path):
