@@ -51,7 +51,7 @@ def main(argv=None):
 
     from liteasr_hf.evaluation import evaluate_model, load_groups, markdown, write_json
 
-    state = PartialState()
+    state = PartialState(cpu=args.device == "cpu")  # first call: with --device cpu, launched processes run on CPUs (gloo)
     models = args.model or [DEFAULT_MODEL]
     for m in models:  # a bad folder fails now, not after the models before it have transcribed everything
         resolve_model(m)

@@ -140,3 +140,27 @@ def test_tiny_en_three_clips_exact_transcripts():
     s = res["summary"]
     assert s["clips"] == 3 and s["loops"] == 0 and s["wer"] < 0.1
     assert "| **all** | 3 |" in markdown([res])
+
+
+@pytest.mark.slow
+def test_two_processes_score_what_one_scores(tmp_path):
+    """`accelerate launch` / torchrun: each process transcribes its share of the clips and the utterances are gathered
+    on the main process, which alone writes the JSON. Two CPU processes (gloo) must score what one scores."""
+    import json
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "evaluate.py")
+    args = [script, "--model", "bundled/whisper-tiny.en", "--device", "cpu", "--worst", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {1: [sys.executable], 2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]}
+    out = {}
+    for n, launcher in runs.items():
+        path = tmp_path / f"{n}.json"
+        r = subprocess.run(launcher + args + ["--output", str(path)], capture_output=True, text=True, timeout=600, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[n] = json.loads(path.read_text())
+    assert out[2]["settings"]["processes"] == 2
+    one, two = (sorted((u["id"], u["hypothesis"]) for u in out[n]["results"][0]["utterances"]) for n in (1, 2))
+    assert one == two and len(one) == 4
+    assert out[1]["results"][0]["summary"]["wer"] == out[2]["results"][0]["summary"]["wer"]
