@@ -155,23 +155,30 @@ def tiny_dense_and_audio(tmp_path):
     return ["--model", str(model_dir), "--dataset", str(audio_dir), "--probe-clips", "3", "--no-progress"]
 
 
+RECIPES = {  # every path through calibrate.py that runs model code: allocation, factors, refinement, stages
+    "sensitivity, refinement, two stages": ["--target-size", "0.8", "--stages", "0.9", "--refine-steps", "2"],
+    "variance allocation, sequential": ["--target-size", "0.8", "--allocation", "variance", "--sequential", "dense+residual"],
+    "θ preset, refinement with decoder KL": ["--preset", "fast", "--refine-steps", "2", "--refine-kl", "1"],
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
-def test_every_step_runs_on_the_device(device, tmp_path):
-    """The whole recipe (statistics, spectra, sensitivity probes, PCA factors, refinement, a second stage) on a tiny
-    random Whisper, on each device. On CUDA, a CPU tensor meeting the GPU's eigenvalues once crashed the sensitivity
-    allocation; scripts/gpu_check.sh found it at large-v3 size, which CPU tests cannot reach."""
+def test_every_step_runs_on_the_device(device, recipe, tmp_path):
+    """Each recipe on a tiny random Whisper, on each device. On CUDA, a CPU tensor meeting the GPU's eigenvalues once
+    crashed the sensitivity allocation; scripts/gpu_check.sh found it at large-v3 size, which CPU tests cannot reach."""
     from liteasr_hf import LiteWhisperForConditionalGeneration
 
     out = tmp_path / "lite"
-    code = load_script().main(tiny_dense_and_audio(tmp_path) + ["--device", device, "--target-size", "0.8", "--stages", "0.9",
-                                                                "--refine-steps", "2", "--output-dir", str(out)])
+    code = load_script().main(tiny_dense_and_audio(tmp_path) + ["--device", device, "--output-dir", str(out)] + RECIPES[recipe])
     assert code == 0
     info = json.loads((out / "calibration.json").read_text())
     assert info["calibration"]["device"] == device and info["calibration"]["windows"] == 6
-    assert info["size"]["fraction"] <= 0.8 and [st["refine"]["steps"] for st in info["selection"]["stages"]] == [2, 2]
+    if "--stages" in RECIPES[recipe]:
+        assert info["size"]["fraction"] <= 0.8 and [st["refine"]["steps"] for st in info["selection"]["stages"]] == [2, 2]
     lite = LiteWhisperForConditionalGeneration.from_pretrained(str(out))
-    assert sum(p.numel() for p in lite.get_encoder().parameters()) == info["size"]["lite"]
+    assert lite.config.low_rank_config and sum(p.numel() for p in lite.get_encoder().parameters()) == info["size"]["lite"]
 
 
 def test_two_processes_give_the_checkpoint_of_one(tmp_path):
