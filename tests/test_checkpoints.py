@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -182,3 +183,16 @@ def test_checkpoint_disagreeing_with_config_is_an_error(saved, tmp_path, edit_te
     with pytest.raises(ValueError) as err:
         AutoModelForSpeechSeq2Seq.from_pretrained(folder)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("audio, message", [
+    (np.zeros(0, np.float32), "audio is empty"),
+    (np.full(16_000, np.nan, np.float32), "NaN or infinite"),
+])
+def test_pipeline_refuses_audio_it_would_transcribe_as_noise(saved, audio, message):
+    # Stock Whisper turns empty audio into " . . . ." and NaN samples into "0"; a lite model says what is wrong.
+    folder = saved[2]
+    asr = pipeline("automatic-speech-recognition", model=folder)
+    with pytest.raises(ValueError, match=message):
+        asr({"raw": audio, "sampling_rate": 16_000}, generate_kwargs=GREEDY)
+    assert asr({"raw": tiny_audio(), "sampling_rate": 16_000}, generate_kwargs=GREEDY)["text"] == saved[5]

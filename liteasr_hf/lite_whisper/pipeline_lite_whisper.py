@@ -2,6 +2,8 @@
 
 Ships inside checkpoints (trust_remote_code, config.json's `custom_pipelines`): single-dot imports only.
 The stock pipeline picks the Whisper path only for model_type == "whisper" and sends anything else to CTC.
+For lite models it also refuses audio that Whisper would transcribe as noise without a word of warning: empty audio
+("  . . . .") and audio with NaN or infinite samples.
 """
 
 from transformers.pipelines import PIPELINE_REGISTRY
@@ -18,6 +20,22 @@ class LiteWhisperASRPipeline(AutomaticSpeechRecognitionPipeline):
         if self.model.config.model_type == LITE_MODEL_TYPE:
             self.type = "seq2seq_whisper"
         return super()._sanitize_parameters(**kwargs)
+
+    def preprocess(self, inputs, **kwargs):
+        # Checked on the log-mel features: the stock preprocess has decoded, resampled and downmixed by then, whatever
+        # the input was (array, dict, path, bytes).
+        for item in super().preprocess(inputs, **kwargs):
+            if self.model.config.model_type == LITE_MODEL_TYPE:
+                check_features(item)
+            yield item
+
+
+def check_features(item):
+    mask = item.get("attention_mask")
+    if mask is not None and not mask.any():
+        raise ValueError("the audio is empty (0 samples): nothing to transcribe")
+    if not item["input_features"].isfinite().all():
+        raise ValueError("the audio has NaN or infinite samples")
 
 
 def register_asr_pipeline():
