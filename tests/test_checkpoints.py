@@ -191,8 +191,8 @@ def test_checkpoint_disagreeing_with_config_is_an_error(saved, tmp_path, edit_te
 ])
 def test_pipeline_refuses_audio_it_would_transcribe_as_noise(saved, audio, message):
     # Stock Whisper turns empty audio into " . . . ." and NaN samples into "0"; a lite model says what is wrong.
-    folder = saved[2]
+    lite, processor, folder, features, tokens, text = saved
     asr = pipeline("automatic-speech-recognition", model=folder)
     with pytest.raises(ValueError, match=message):
         asr({"raw": audio, "sampling_rate": 16_000}, generate_kwargs=GREEDY)
-    assert asr({"raw": tiny_audio(), "sampling_rate": 16_000}, generate_kwargs=GREEDY)["text"] == saved[5]
+    assert asr({"raw": tiny_audio(), "sampling_rate": 16_000}, generate_kwargs=GREEDY)["text"] == text

@@ -2,8 +2,8 @@
 
 Ships inside checkpoints (trust_remote_code, config.json's `custom_pipelines`): single-dot imports only.
 The stock pipeline picks the Whisper path only for model_type == "whisper" and sends anything else to CTC.
-For lite models it also refuses audio that Whisper would transcribe as noise without a word of warning: empty audio
-("  . . . .") and audio with NaN or infinite samples.
+For lite models it also refuses audio that Whisper would silently transcribe as noise: empty audio (" . . . .")
+and audio with NaN or infinite samples.
 """
 
 from transformers.pipelines import PIPELINE_REGISTRY
@@ -31,6 +31,8 @@ class LiteWhisperASRPipeline(AutomaticSpeechRecognitionPipeline):
 
 
 def check_features(item):
+    """Raise ValueError for one preprocessed window of empty or non-finite audio. The feature extractor's attention
+    mask has one frame per started 10 ms, so it is all zeros only for 0 samples."""
     mask = item.get("attention_mask")
     if mask is not None and not mask.any():
         raise ValueError("the audio is empty (0 samples): nothing to transcribe")
