@@ -359,13 +359,16 @@ def main(argv=None) -> int:
         if len(sizes) > 1:
             logger.info("stage %d/%d: %.0f %% of the dense encoder", i + 1, len(sizes), 100 * size)
         if i:  # the next stage compresses what the last one built, re-measured on the calibration windows
-            current = densify(model, lite)
+            current = densify(model, lite).to(device)
             current_stats = collect(current, processor.feature_extractor, items, CalibrationStats.for_encoder(current.get_encoder()),
                                     batch_size=args.batch_size, device=device, dtype=dtype, total=len(items), progress=progress)
             pcas = spectra(current_stats, args.padding_weight, progress=progress)
             del current_stats
         ranks, selection = choose_ranks(current, pcas, feats, real, size, args)
         lite = build_lite_model(current, ranks, factors_for(current, pcas, feats, real, ranks, args))
+        # The teacher's outputs are computed and the lite model shares no tensor with the dense one, which from here on
+        # is only densify's template: off the accelerator it leaves refinement room (large-v3 in fp32: 6.2 GB).
+        current = model.to("cpu")
         stage = {"size": size}
         if args.refine_steps:
             done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=args.refine_kl, train=args.refine_train,

@@ -165,11 +165,25 @@ RECIPES = {  # every path through calibrate.py that runs model code: allocation,
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
-def test_every_step_runs_on_the_device(device, recipe, tmp_path):
+def test_every_step_runs_on_the_device(device, recipe, tmp_path, monkeypatch):
     """Each recipe on a tiny random Whisper, on each device. On CUDA, a CPU tensor meeting the GPU's eigenvalues once
-    crashed the sensitivity allocation; scripts/gpu_check.sh found it at large-v3 size, which CPU tests cannot reach."""
-    from liteasr_hf import LiteWhisperForConditionalGeneration
+    crashed the sensitivity allocation; scripts/gpu_check.sh found it at large-v3 size, which CPU tests cannot reach.
+    While the lite model trains, no dense Whisper may hold the accelerator (large-v3 in fp32: 6.2 GB)."""
+    import gc
 
+    from transformers import WhisperForConditionalGeneration
+
+    from liteasr_hf import LiteWhisperForConditionalGeneration
+    from liteasr_hf.calibration import refine as refine_module
+
+    real_refine, dense_devices = refine_module.refine, []
+
+    def spy(lite, *args, **kwargs):
+        dense = [m for m in gc.get_objects() if type(m) is WhisperForConditionalGeneration]
+        dense_devices.extend(p.device.type for m in dense for p in m.parameters())
+        return real_refine(lite, *args, **kwargs)
+
+    monkeypatch.setattr(refine_module, "refine", spy)
     out = tmp_path / "lite"
     code = load_script().main(tiny_dense_and_audio(tmp_path) + ["--device", device, "--output-dir", str(out)] + RECIPES[recipe])
     assert code == 0
@@ -177,6 +191,8 @@ def test_every_step_runs_on_the_device(device, recipe, tmp_path):
     assert info["calibration"]["device"] == device and info["calibration"]["windows"] == 6
     if "--stages" in RECIPES[recipe]:
         assert info["size"]["fraction"] <= 0.8 and [st["refine"]["steps"] for st in info["selection"]["stages"]] == [2, 2]
+    if "--refine-steps" in RECIPES[recipe]:
+        assert dense_devices and set(dense_devices) == {"cpu"}, set(dense_devices)
     lite = LiteWhisperForConditionalGeneration.from_pretrained(str(out))
     assert lite.config.low_rank_config and sum(p.numel() for p in lite.get_encoder().parameters()) == info["size"]["lite"]
 
