@@ -368,7 +368,8 @@ def main(argv=None) -> int:
         lite = build_lite_model(current, ranks, factors_for(current, pcas, feats, real, ranks, args))
         # The teacher's outputs are computed and the lite model shares no tensor with the dense one, which from here on
         # is only densify's template: off the accelerator it leaves refinement room (large-v3 in fp32: 6.2 GB).
-        current = model.to("cpu")
+        model.to("cpu")
+        current = None  # a later stage's densified copy is spent too, once its lite model exists
         stage = {"size": size}
         if args.refine_steps:
             done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=args.refine_kl, train=args.refine_train,
