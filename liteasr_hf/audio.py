@@ -121,8 +121,15 @@ def load_clips(
         dataset = BUNDLED_CLIPS
     if os.path.isdir(dataset):
         clips = _load_folder(dataset, split, text_column, files, limit)
+    elif dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:  # a path: Hub ids are "name" or "owner/name"
+        raise ValueError(f"no dataset folder {dataset}")
     else:
-        clips = _load_hub(dataset, split, config, audio_column, text_column, limit)
+        try:
+            clips = _load_hub(dataset, split, config, audio_column, text_column, limit)
+        except OSError as e:  # offline, or no such dataset on the Hub
+            first = str(e).splitlines()[0] if str(e) else ""
+            name = f"{dataset}/{config}" if config else dataset
+            raise ValueError(f"{name}: not a local folder, and not a Hub dataset reachable now ({e.__class__.__name__}: {first})") from e
     if not clips:
         raise ValueError(f"{dataset}: no usable audio clips" + (f" in split {split!r}" if split else ""))
     if require_text and any(c.text is None for c in clips):

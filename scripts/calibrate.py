@@ -162,12 +162,18 @@ def reject_lite(path: str):
         raise SystemExit(f"error: {path} is not a Whisper model (model_type {cfg.get('model_type')!r})")
 
 
-def load_dense(path: str, device, dtype):
+def load_dense(name: str, path: str, device, dtype):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    reject_lite(path)
-    model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
-    return model, WhisperProcessor.from_pretrained(path)
+    from liteasr_hf.conversion import load_error
+
+    try:
+        reject_lite(path)
+        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        processor = WhisperProcessor.from_pretrained(path)
+    except OSError as e:  # offline, or a Hub id that does not exist
+        raise load_error(name, path, e) from e
+    return model.to(device).eval(), processor
 
 
 # ---- audio -----------------------------------------------------------------------------------------
@@ -333,7 +339,7 @@ def main(argv=None) -> int:
     device = args.device or (str(state.device) if state.num_processes > 1 else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
     name, path = resolve(args.model)
-    model, processor = load_dense(path, device, dtype)
+    model, processor = load_dense(name, path, device, dtype)
     clips, data_name = calibration_clips(args)
     items = window_items(clips)
     stats, state = gather_stats(model, processor, items, args, device, dtype)

@@ -31,3 +31,18 @@ def test_a_bad_model_folder_is_one_line_naming_it(script, tmp_path):
                          timeout=300, env=env)
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert f"error: {tmp_path} holds no config.json" in out.stderr
+
+
+@pytest.mark.parametrize("script", ["calibrate.py", "evaluate.py", "sweep.py"])
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no-such-org/no-such-model"], "error: cannot load model 'no-such-org/no-such-model': not a bundled name"),
+    (["--model", "bundled/whisper-tiny.en", "--dataset", "/no/such/folder"], "error: no dataset folder /no/such/folder"),
+    (["--model", "bundled/whisper-tiny.en", "--dataset", "no-such-org/no-such-set"],
+     "error: no-such-org/no-such-set: not a local folder, and not a Hub dataset reachable now"),
+], ids=["hub-model", "dataset-folder", "hub-dataset"])
+def test_offline_names_the_model_or_dataset_it_cannot_reach(script, args, message, tiny_en_path):
+    """Offline (as here), a Hub id or a mistyped path is one line naming it, not the loader's traceback."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    out = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert message in out.stderr, out.stderr[-2000:]

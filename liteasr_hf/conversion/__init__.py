@@ -1,6 +1,6 @@
 """Real Whisper weights offline: CTranslate2 (faster-whisper) folders -> HF Whisper, and the bundled models."""
 
-from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, TEST_MODEL, cache_dir, resolve_model
+from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, TEST_MODEL, cache_dir, load_error, resolve_model
 from .ctranslate2 import CT2FormatError, CT2Model, convert_ct2, read_ct2
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "CT2Model",
     "cache_dir",
     "convert_ct2",
+    "load_error",
     "read_ct2",
     "resolve_model",
 ]

@@ -81,6 +81,16 @@ def check_model_folder(folder: str) -> None:
             raise ValueError(f"{path} is not a readable safetensors file ({e}): it is corrupt or incomplete; copy or download it again") from e
 
 
+def load_error(name: str, path: str, e: OSError) -> ValueError:
+    """What to tell the user when transformers cannot load `path` (resolved from `name`): a local folder it
+    cannot read, or a name that is neither bundled, nor a folder, nor a Hub id reachable now (offline mode)."""
+    first = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if os.path.isdir(path):
+        return ValueError(f"cannot load the model in {path}: {first}")
+    return ValueError(f"cannot load model {name!r}: not a bundled name ({', '.join(BUNDLED_MODELS)}), not a local "
+                      f"model folder, and not loadable from the Hub now ({first})")
+
+
 def resolve_model(name_or_path: str) -> str:
     """A bundled name -> its converted local folder (converting on first use); a local folder is checked
     (`check_model_folder`); a Hub id passes unchanged."""

@@ -46,19 +46,14 @@ def load_model(name: str, device="cpu", dtype=None):
     import liteasr_hf  # noqa: F401  registers the lite-whisper model type with the Auto classes
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
-    from ..conversion import resolve_model
+    from ..conversion import load_error, resolve_model
 
     path = resolve_model(name)
     try:
         model = AutoModelForSpeechSeq2Seq.from_pretrained(path, dtype=dtype or torch.float32)
         processor = AutoProcessor.from_pretrained(path)
     except OSError as e:
-        if os.path.isdir(path):
-            raise ValueError(f"cannot load the model in {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
-        raise ValueError(
-            f"unknown model {name!r}: not a bundled name (bundled/whisper-tiny.en, bundled/whisper-base), "
-            f"a local model folder, or a Hub id reachable now ({e.__class__.__name__}: {str(e).splitlines()[0]})"
-        ) from e
+        raise load_error(name, path, e) from e
     return model.to(device).eval(), processor, path
 
 
@@ -68,14 +63,11 @@ def load_groups(dataset: str | None, *, split=None, config=None, audio_column="a
     column (a Hub dataset is one source). `dataset=None` = the shipped clips' evaluation split."""
     if dataset == "esb":
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
-            raise RuntimeError(f"the ESB protocol streams {ESB_DATASET} from the Hub, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
+            raise ValueError(f"the ESB protocol streams {ESB_DATASET} from the Hub, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
                                "is set; unset them on a machine with network access, or pass a local --dataset folder")
         groups = []
         for subset, sp in ESB_SUBSETS:
-            try:
-                clips = load_clips(ESB_DATASET, config=subset, split=sp, text_column=text_column or "text", limit=limit, require_text=True)
-            except (ConnectionError, OSError) as e:
-                raise RuntimeError(f"cannot stream {ESB_DATASET}/{subset} ({e}); the ESB protocol needs network access") from e
+            clips = load_clips(ESB_DATASET, config=subset, split=sp, text_column=text_column or "text", limit=limit, require_text=True)
             groups.append((f"{subset}/{sp}" if subset == "librispeech" else subset, clips))
         return groups
     if dataset is None and split is None:
