@@ -409,7 +409,7 @@ def main(argv=None) -> int:
             "dataset": data_name, "clips": len(clips), "windows": windows, "seed": args.seed,
             "frames": frames, "padding_weight": args.padding_weight,
             "seconds": seconds, "peak_memory_gb": peak, "device": str(device), "dtype": args.dtype,
-            "command": "python scripts/calibrate.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "command": shlex.join(["python", "scripts/calibrate.py", *(sys.argv[1:] if argv is None else argv)]),
         },
         "results": [],
     }

@@ -129,6 +129,27 @@ def test_no_argument_job(tmp_path):
     lite = LiteWhisperForConditionalGeneration.from_pretrained(str(out))
     assert lite.config.low_rank_config and sum(p.numel() for p in lite.get_encoder().parameters()) == info["size"]["lite"]
     assert "| layer | q_proj" in (out / "README.md").read_text()
+    # The Hub accepts `base_model` only as a model id: a bundled model's card names its OpenAI original, a local
+    # folder's card names none; the unmeasured results section gives the command that measures and records WER.
+    from huggingface_hub import ModelCard
+
+    from liteasr_hf.calibration.card import INFO_FILE, render_model_card
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "openai/whisper-tiny.en" and "--model-card outputs/lite-whisper-tiny.en-size80`" in card.text
+    info["base_model"] = str(tmp_path)
+    (out / INFO_FILE).write_text(json.dumps(info))
+    render_model_card(str(out))
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model is None and f"`{tmp_path}` (a local folder)" in card.text
+    # evaluate.py --model-card: the results row and a model-index the Hub's parser reads back.
+    from liteasr_hf.evaluation.card import record_in_model_card
+
+    summary = dict(substitutions=3, deletions=1, insertions=0, loops=0, clips=21, wer=0.05)
+    record_in_model_card(str(out), {"summary": summary}, {"summary": dict(summary, wer=0.04)}, dataset="speech-dev", split="evaluation")
+    card = ModelCard.load(out / "README.md")
+    assert [(r.dataset_name, r.metric_type, r.metric_value) for r in card.data.eval_results] == [("speech-dev", "wer", 5.0)]
+    assert "| speech-dev | evaluation | 21 | 5.0 % | 4.0 % |" in card.text and "WER not measured" not in card.text
     # The checkpoint must still transcribe held-out speech (16 clips of ARCTIC + 8 kHz OSR once garbled JFK on base).
     from transformers import WhisperProcessor
 

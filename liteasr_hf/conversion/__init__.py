@@ -1,11 +1,12 @@
 """Real Whisper weights offline: CTranslate2 (faster-whisper) folders -> HF Whisper, and the bundled models."""
 
-from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, TEST_MODEL, cache_dir, load_error, resolve_model
+from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, HUB_ORIGINALS, TEST_MODEL, cache_dir, load_error, resolve_model
 from .ctranslate2 import CT2FormatError, CT2Model, convert_ct2, read_ct2
 
 __all__ = [
     "BUNDLED_MODELS",
     "DEFAULT_MODEL",
+    "HUB_ORIGINALS",
     "TEST_MODEL",
     "CT2FormatError",
     "CT2Model",

