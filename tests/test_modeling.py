@@ -190,6 +190,26 @@ def test_liteasr_honours_decoder_padding_mask():
     assert not torch.allclose(unmasked[1, 3:], logits["liteasr"][1, 3:], atol=1e-3)  # the mask is not a no-op here
 
 
+def test_liteasr_attention_weights_equal_eager():
+    """output_attentions under liteasr falls back to eager attention with SDPA's mask made additive (causal when the
+    decoder gets no mask, causal + padding when it does): every attention map and the logits equal eager's, in float64
+    (tolerance 1e-12: the same products in the same order)."""
+    dense = tiny_whisper(dtype=torch.float64)
+    ranks = [{"q_proj": 4, "k_proj": 4, "v_proj": 4}, {"fc1": 8}]
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, ranks, random_factors(dense, ranks))
+    ids = torch.tensor([[257, 258, 261, 265, 72, 105, 33], [256, 256, 256, 257, 258, 261, 265]])
+    x = mel(dtype=torch.float64)
+    for mask in (None, torch.tensor([[1] * 7, [0, 0, 0, 1, 1, 1, 1]])):
+        out = {}
+        for impl in ("eager", "liteasr"):
+            lite.set_attn_implementation(impl)
+            with torch.no_grad():
+                out[impl] = lite(x, decoder_input_ids=ids, decoder_attention_mask=mask, output_attentions=True)
+        for name in ("encoder_attentions", "decoder_attentions", "cross_attentions", "logits"):
+            torch.testing.assert_close(getattr(out["liteasr"], name), getattr(out["eager"], name), rtol=1e-12, atol=1e-12)
+        assert out["liteasr"].decoder_attentions[0][0, :, 0, 1:].abs().max() == 0  # causal: position 0 sees only itself
+
+
 def test_liteasr_generate_matches_sdpa():
     dense = tiny_whisper()
     ranks = [{"q_proj": 4, "k_proj": 6, "v_proj": 5}, {"k_proj": 3, "v_proj": 8}]
