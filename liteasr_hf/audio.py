@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .conversion import looks_like_path
+
 logger = logging.getLogger(__name__)
 
 SAMPLING_RATE = 16_000
@@ -121,7 +123,7 @@ def load_clips(
         dataset = BUNDLED_CLIPS
     if os.path.isdir(dataset):
         clips = _load_folder(dataset, split, text_column, files, limit)
-    elif dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:  # a path: Hub ids are "name" or "owner/name"
+    elif looks_like_path(dataset):
         raise ValueError(f"no dataset folder {dataset}")
     else:
         try:

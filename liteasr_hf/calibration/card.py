@@ -42,11 +42,11 @@ def _pct(x) -> str:
 
 def hub_base_model(name: str) -> str | None:
     """The Hub id of the dense original: a bundled model's, or `name` itself unless it is a local folder (None)."""
-    from ..conversion import HUB_ORIGINALS
+    from ..conversion import HUB_ORIGINALS, looks_like_path
 
     if name in HUB_ORIGINALS:
         return HUB_ORIGINALS[name]
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.path.isdir(name):
+    if looks_like_path(name) or os.path.isdir(name):
         return None
     return name
 

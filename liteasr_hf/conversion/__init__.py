@@ -1,6 +1,6 @@
 """Real Whisper weights offline: CTranslate2 (faster-whisper) folders -> HF Whisper, and the bundled models."""
 
-from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, HUB_ORIGINALS, TEST_MODEL, cache_dir, load_error, resolve_model
+from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, HUB_ORIGINALS, TEST_MODEL, cache_dir, load_error, looks_like_path, resolve_model
 from .ctranslate2 import CT2FormatError, CT2Model, convert_ct2, read_ct2
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "cache_dir",
     "convert_ct2",
     "load_error",
+    "looks_like_path",
     "read_ct2",
     "resolve_model",
 ]

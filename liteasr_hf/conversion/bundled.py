@@ -84,6 +84,11 @@ def check_model_folder(folder: str) -> None:
             raise ValueError(f"{path} is not a readable safetensors file ({e}): it is corrupt or incomplete; copy or download it again") from e
 
 
+def looks_like_path(name: str) -> bool:
+    """True for a name no Hub id can be: Hub ids are "name" or "owner/name"."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
 def load_error(name: str, path: str, e: OSError) -> ValueError:
     """What to tell the user when transformers cannot load `path` (resolved from `name`): a local folder it
     cannot read, or a name that is neither bundled, nor a folder, nor a Hub id reachable now (offline mode)."""
@@ -101,7 +106,7 @@ def resolve_model(name_or_path: str) -> str:
     if os.path.isdir(name):
         check_model_folder(name)
         return name_or_path
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, as Hub ids are "name" or "owner/name"
+    if looks_like_path(name):
         raise ValueError(f"no model folder {name}")
     if not name.startswith(PREFIX):
         return name_or_path

@@ -64,7 +64,7 @@ def load_groups(dataset: str | None, *, split=None, config=None, audio_column="a
     if dataset == "esb":
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
             raise ValueError(f"the ESB protocol streams {ESB_DATASET} from the Hub, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
-                               "is set; unset them on a machine with network access, or pass a local --dataset folder")
+                             "is set; unset them on a machine with network access, or pass a local --dataset folder")
         groups = []
         for subset, sp in ESB_SUBSETS:
             clips = load_clips(ESB_DATASET, config=subset, split=sp, text_column=text_column or "text", limit=limit, require_text=True)
