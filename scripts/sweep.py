@@ -31,7 +31,7 @@ def main(argv=None):
     p.add_argument("--theta", nargs="*", default=[], metavar="ATTN,MLP", help="extra θ pairs, e.g. 0.995,0.995")
     p.add_argument("--target-sizes", nargs="*", type=float, default=[0.75, 0.6, 0.5])
     p.add_argument("--sensitivity-sizes", nargs="*", type=float, default=[],
-                   help="size targets for ranks allocated by measured sensitivity (issue 7), e.g. 0.8 0.65")
+                   help="size targets for ranks allocated by measured sensitivity (calibrate.py --allocation sensitivity), e.g. 0.8 0.65")
     p.add_argument("--refine-sizes", nargs="*", type=float, default=[],
                    help="size targets for sensitivity allocation followed by factor refinement (encoder MSE), e.g. 0.8 0.65")
     p.add_argument("--refine-steps", nargs="+", type=int, default=[90],

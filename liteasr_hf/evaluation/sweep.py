@@ -83,7 +83,7 @@ def target_size_method(sizes: Sequence[float] = (0.75, 0.6, 0.5), padding_weight
 
 def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFAULT_PADDING_WEIGHT, probe_clips: int = 8,
                        refine: dict | None = None, name=None) -> Method:
-    """Issue 7: ranks for a size target by each linear's measured effect on the encoder output (gains
+    """Ranks for a size target by each linear's measured effect on the encoder output (gains
     measured once per sweep on the first `probe_clips` calibration windows), PCA factors as the paper;
     with `refine` (keyword arguments of calibration.refine.refine, `steps` at least), the factors are then
     refined (by default on encoder-output MSE, 20 % of the windows held back for early stopping, seed 0;
