@@ -136,6 +136,9 @@ def _check(p, args):
             raise ValueError("--num-clips must be at least 1")
         if args.refine_steps < 0 or args.refine_warmup < 0:
             raise ValueError(f"--refine-steps and --refine-warmup must be >= 0, got {args.refine_steps} and {args.refine_warmup}")
+        for path in filter(None, [args.split_file, *args.resume_stats]):
+            if not os.path.isfile(path):
+                raise ValueError(f"no such file: {path}")
     except ValueError as e:
         p.error(str(e))
 
@@ -188,7 +191,10 @@ def calibration_clips(args):
     split, files = args.split, None
     if args.split_file:
         with open(args.split_file) as f:
-            splits = json.load(f)
+            try:
+                splits = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{args.split_file} is not valid JSON ({e})") from e
         split = split or "calibration"
         if split not in splits:
             raise SystemExit(f"error: {args.split_file} has no split {split!r} (has: {', '.join(k for k, v in splits.items() if isinstance(v, list))})")
@@ -340,6 +346,13 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype]
     name, path = resolve(args.model)
     model, processor = load_dense(name, path, device, dtype)
+    out = args.output_dir or default_output(name, args)
+    try:  # an unwritable output folder fails now, not after the calibration
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output folder {out} ({e.strerror or e})") from e
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"cannot write into the output folder {out}")
     clips, data_name = calibration_clips(args)
     items = window_items(clips)
     stats, state = gather_stats(model, processor, items, args, device, dtype)
@@ -391,8 +404,6 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     peak = peak_memory_gb(device)
 
-    out = args.output_dir or default_output(name, args)
-    os.makedirs(out, exist_ok=True)
     save_lite_checkpoint(lite, out, processor)
     size, dense = encoder_size(encoder, ranks)
     from liteasr_hf import __version__ as version

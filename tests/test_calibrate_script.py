@@ -260,10 +260,18 @@ def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_pat
     for bad in (["--theta-attn", "1.0"], ["--theta-mlp", "0"], ["--target-size", "0"], ["--target-size", "1.5"], ["--padding-weight", "2"],
                 ["--refine-steps", "-1"], ["--refine-warmup", "-1"], ["--stages", "0.7"], ["--stages", "1.0"],
                 ["--stages", "0.7", "0.9", "--target-size", "0.5"], ["--stages", "0.9", "--preset", "fast"],
-                ["--stages", "0.9", "--sequential", "dense"]):
+                ["--stages", "0.9", "--sequential", "dense"], ["--split-file", str(tmp_path / "nope.json")],
+                ["--resume-stats", str(tmp_path / "nope.safetensors")]):
         with pytest.raises(SystemExit):
             script.parse_args(bad)
     with pytest.raises(SystemExit, match="already a LiteASR"):
         script.main(["--model", str(out), "--no-progress"])
+    # Named before any audio is read, so no calibration is lost to them.
+    split.write_text("{calibration: [")
+    with pytest.raises(ValueError, match=f"{split} is not valid JSON"):
+        script.main(["--model", path, "--split-file", str(split), "--output-dir", str(tmp_path / "c"), "--no-progress"])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="cannot create the output folder"):
+        script.main(["--model", path, "--output-dir", str(tmp_path / "file" / "out"), "--no-progress"])
 
 
