@@ -45,6 +45,15 @@ def main(argv=None):
                    "(the last --model given is taken as the dense reference when there are two)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Where the results go is checked before any model transcribes, so no scoring is lost to a bad path.
+    from liteasr_hf.calibration.card import INFO_FILE
+
+    if args.model_card and not os.path.isfile(os.path.join(args.model_card, INFO_FILE)):
+        p.error(f"--model-card {args.model_card}: no {INFO_FILE} there; it takes a folder written by scripts/calibrate.py")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    except OSError as e:
+        p.error(f"--output {args.output}: cannot create its folder ({e.strerror or e})")
 
     import torch
     from accelerate import PartialState

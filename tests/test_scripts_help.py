@@ -46,3 +46,13 @@ def test_offline_names_the_model_or_dataset_it_cannot_reach(script, args, messag
     out = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert message in out.stderr, out.stderr[-2000:]
+
+
+def test_evaluate_checks_where_results_go_before_scoring(tmp_path):
+    """A results path that cannot be written, or a --model-card folder calibrate.py did not write, is named at once:
+    before, both failed with a traceback after every model had transcribed every clip."""
+    (tmp_path / "file").write_text("")
+    for args, message in ((["--output", str(tmp_path / "file" / "e.json")], "cannot create its folder"),
+                          (["--model-card", str(tmp_path)], "no calibration.json there")):
+        out = subprocess.run([sys.executable, os.path.join(SCRIPTS, "evaluate.py"), *args], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and message in out.stderr, out.stderr[-2000:]
