@@ -405,6 +405,11 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=None, help="timed calls; the median is reported (default 30 on CUDA, 3 on CPU)")
     p.add_argument("--json", default="outputs/benchmark.json", help="where to write the results")
     args = p.parse_args(argv)
+    if args.json:
+        try:  # before the timings, which take minutes
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        except OSError as e:
+            p.error(f"--json {args.json}: cannot create its folder ({e.strerror or e})")
 
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     args.device = args.device or ("cuda" if cuda else "cpu")
@@ -466,7 +471,6 @@ def main(argv=None):
     table = markdown(result)
     print(table)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
         print(f"\nwrote {args.json}", file=sys.stderr)

@@ -48,11 +48,12 @@ def test_offline_names_the_model_or_dataset_it_cannot_reach(script, args, messag
     assert message in out.stderr, out.stderr[-2000:]
 
 
-def test_evaluate_checks_where_results_go_before_scoring(tmp_path):
+def test_results_paths_are_checked_before_the_work(tmp_path):
     """A results path that cannot be written, or a --model-card folder calibrate.py did not write, is named at once:
-    before, both failed with a traceback after every model had transcribed every clip."""
+    before, each failed with a traceback after all the transcribing or timing."""
     (tmp_path / "file").write_text("")
-    for args, message in ((["--output", str(tmp_path / "file" / "e.json")], "cannot create its folder"),
-                          (["--model-card", str(tmp_path)], "no calibration.json there")):
-        out = subprocess.run([sys.executable, os.path.join(SCRIPTS, "evaluate.py"), *args], capture_output=True, text=True, timeout=120)
+    for script, args, message in (("evaluate.py", ["--output", str(tmp_path / "file" / "e.json")], "cannot create its folder"),
+                                  ("evaluate.py", ["--model-card", str(tmp_path)], "no calibration.json there"),
+                                  ("benchmark.py", ["--json", str(tmp_path / "file" / "b.json")], "cannot create its folder")):
+        out = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args], capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and "Traceback" not in out.stderr and message in out.stderr, out.stderr[-2000:]
