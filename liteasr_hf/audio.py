@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .conversion import looks_like_path
+from .conversion import first_line, looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +129,8 @@ def load_clips(
         try:
             clips = _load_hub(dataset, split, config, audio_column, text_column, limit)
         except OSError as e:  # offline, or no such dataset on the Hub
-            first = str(e).splitlines()[0] if str(e) else ""
             name = f"{dataset}/{config}" if config else dataset
-            raise ValueError(f"{name}: not a local folder, and not a Hub dataset reachable now ({e.__class__.__name__}: {first})") from e
+            raise ValueError(f"{name}: not a local folder, and not a Hub dataset reachable now ({first_line(e)})") from e
     if not clips:
         raise ValueError(f"{dataset}: no usable audio clips" + (f" in split {split!r}" if split else ""))
     if require_text and any(c.text is None for c in clips):

@@ -197,7 +197,7 @@ def calibration_clips(args):
                 raise ValueError(f"{args.split_file} is not valid JSON ({e})") from e
         split = split or "calibration"
         if split not in splits:
-            raise SystemExit(f"error: {args.split_file} has no split {split!r} (has: {', '.join(k for k, v in splits.items() if isinstance(v, list))})")
+            raise ValueError(f"{args.split_file} has no split {split!r} (has: {', '.join(k for k, v in splits.items() if isinstance(v, list))})")
         files, split = splits[split], None
     elif local and split is None and os.path.exists(os.path.join(folder, "split.json")):
         with open(os.path.join(folder, "split.json")) as f:
@@ -351,8 +351,6 @@ def main(argv=None) -> int:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise ValueError(f"cannot create the output folder {out} ({e.strerror or e})") from e
-    if not os.access(out, os.W_OK):
-        raise ValueError(f"cannot write into the output folder {out}")
     clips, data_name = calibration_clips(args)
     items = window_items(clips)
     stats, state = gather_stats(model, processor, items, args, device, dtype)

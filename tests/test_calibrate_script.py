@@ -129,7 +129,7 @@ def test_no_argument_job(tmp_path):
     lite = LiteWhisperForConditionalGeneration.from_pretrained(str(out))
     assert lite.config.low_rank_config and sum(p.numel() for p in lite.get_encoder().parameters()) == info["size"]["lite"]
     assert "| layer | q_proj" in (out / "README.md").read_text()
-    # The Hub accepts `base_model` only as a model id: a bundled model's card names its OpenAI original, a local
+    # The Hub expects `base_model` to be a model id: a bundled model's card names its OpenAI original, a local
     # folder's card names none; the unmeasured results section gives the command that measures and records WER.
     from huggingface_hub import ModelCard
 

