@@ -196,3 +196,60 @@ def test_pipeline_refuses_audio_it_would_transcribe_as_noise(saved, audio, messa
     with pytest.raises(ValueError, match=message):
         asr({"raw": audio, "sampling_rate": 16_000}, generate_kwargs=GREEDY)
     assert asr({"raw": tiny_audio(), "sampling_rate": 16_000}, generate_kwargs=GREEDY)["text"] == text
+
+
+@pytest.mark.parametrize("name", ["bundled/whisper-tiny.en", "bundled/whisper-base"])
+def test_special_token_layout_matches_the_real_tokenizer(name):
+    """The ids the bare-config completion uses follow from the vocabulary size; checked against the real tiny.en and
+    base tokenizer.json files (v3 adds one language: every task token one further on)."""
+    from liteasr_hf.conversion import bundled
+    from liteasr_hf.conversion.ctranslate2 import special_ids
+    from liteasr_hf.lite_whisper.generation_config_lite_whisper import whisper_special_ids
+
+    try:
+        folder, _ = bundled._sources(name)
+    except ModuleNotFoundError as e:
+        pytest.skip(str(e))
+    tok = json.load(open(os.path.join(folder, "tokenizer.json"), encoding="utf-8"))
+    real = special_ids(tok)
+    ids = whisper_special_ids(51865 if name.endswith("base") else 51864)  # the models' embedding rows
+    for key, token in (("eot", "<|endoftext|>"), ("sot", "<|startoftranscript|>"), ("translate", "<|translate|>"),
+                       ("transcribe", "<|transcribe|>"), ("prev", "<|startofprev|>"), ("no_timestamps", "<|notimestamps|>")):
+        assert ids[key] == real[token], token
+    languages = {t: i for t, i in real.items() if ids["sot"] < i < ids["translate"]}
+    assert sorted(ids["languages"].values()) == sorted(languages.values())
+    if name.endswith("base"):  # the multilingual layout names them too (tiny.en's vocabulary says <|iw|> for <|he|>)
+        assert ids["languages"] == languages
+    assert whisper_special_ids(51866)["no_timestamps"] == 50364 and whisper_special_ids(1000) is None
+
+
+@pytest.mark.slow
+def test_bare_published_generation_config_generates_the_full_transcript(tiny_en_path, tmp_path):
+    """A real tiny.en checkpoint laid out like the published uploads (auto_map for AutoConfig/AutoModel only, the
+    generation config of GenerationConfig.from_model_config) transcribes all of an 11 s clip, takes
+    return_timestamps=True, and its saved copy carries the English spelling normalizer."""
+    from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
+
+    from liteasr_hf.audio import BUNDLED_CLIPS, load_clips
+
+    dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_path).eval()
+    processor = AutoProcessor.from_pretrained(tiny_en_path)
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, [{}] * dense.config.encoder_layers, {})
+    folder = save_lite_checkpoint(lite, str(tmp_path / "saved"), processor=processor)
+    assert WhisperTokenizer_normalizer(folder)
+    published = published_layout(folder, tmp_path / "published")
+    GenerationConfig.from_model_config(LiteWhisperForConditionalGeneration.config_class.from_pretrained(published)).save_pretrained(published)
+    clip = next(c for c in load_clips(BUNDLED_CLIPS, text_column=None) if c.id.startswith("jfk"))
+    features = processor(clip.audio, sampling_rate=16_000, return_tensors="pt").input_features
+    expected = dense.generate(features, num_beams=1)
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(published).eval()
+    assert model.generation_config.max_length == 448
+    assert torch.equal(model.generate(features, num_beams=1), expected)  # before the fix: 20 tokens, cut mid-sentence
+    stamped = processor.batch_decode(model.generate(features, return_timestamps=True, num_beams=1), decode_with_timestamps=True)
+    assert stamped[0].startswith("<|0.00|> And so my fellow Americans") and re.search(r"country\.<\|1\d\.\d\d\|>$", stamped[0])
+
+
+def WhisperTokenizer_normalizer(folder):
+    from transformers import WhisperTokenizer
+
+    return WhisperTokenizer.from_pretrained(folder).english_spelling_normalizer

@@ -1,6 +1,9 @@
 """Lite-Whisper for Transformers. The flat files here also ship inside every saved checkpoint (trust_remote_code);
 this __init__ is the package-only part: Auto-class registration and checkpoint helpers."""
 
+import os
+import shutil
+
 from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
 
 from .configuration_lite_whisper import LOW_RANK_SHAPES, LiteWhisperConfig
@@ -50,6 +53,11 @@ def save_lite_checkpoint(model, out_dir, processor=None, dense_generation_config
     model.save_pretrained(out_dir)
     if processor is not None:
         processor.save_pretrained(out_dir)
+        # The English spelling map (EnglishTextNormalizer(tokenizer.english_spelling_normalizer), as the Open ASR
+        # Leaderboard scores): Whisper repos carry it, but transformers 5 save_pretrained does not write it.
+        from ..conversion.ctranslate2 import NORMALIZER_JSON
+
+        shutil.copyfile(NORMALIZER_JSON, os.path.join(out_dir, "normalizer.json"))
     return out_dir
 
 

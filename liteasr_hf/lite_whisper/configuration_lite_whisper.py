@@ -2,7 +2,8 @@
 
 Ships inside checkpoints (trust_remote_code): import siblings with single-dot imports only.
 Reads and writes the published LiteASR layout (efficient-speech/lite-whisper-*), whose only extra field is
-`low_rank_config`.
+`low_rank_config`. `encoder_context_buckets` / `encoder_context_margin` (dynamic encoder context) are this package's;
+a config without them (every published checkpoint) runs the full 30 s window.
 """
 
 from transformers import WhisperConfig
@@ -21,13 +22,46 @@ LOW_RANK_SHAPES = {
 _RUNS_AS_PACKAGE = __name__.startswith("liteasr_hf.")
 
 
+# One encoder position covers two 10 ms mel frames.
+ENCODER_FRAME_SECONDS = 0.02
+
+
+def check_context(buckets, margin, max_seconds: float, where: str = "encoder_context_buckets") -> None:
+    """Raise ValueError naming the field unless `buckets` is None or ascending seconds in (0, max_seconds], each a whole
+    number of encoder frames (20 ms), and `margin` is seconds >= 0."""
+    margin_field = where.replace("buckets", "margin")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+        raise ValueError(f"{margin_field} must be a number of seconds >= 0, got {margin!r}")
+    if buckets is None:
+        return
+    if isinstance(buckets, (str, bytes)) or not hasattr(buckets, "__iter__"):
+        raise ValueError(f"{where} must be a list of seconds or None (full 30 s window), got {buckets!r}")
+    buckets = list(buckets)
+    if not buckets:
+        raise ValueError(f"{where} is empty: give at least one context length in seconds, or None for the full window")
+    for b in buckets:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= max_seconds:
+            raise ValueError(f"{where}: {b!r} is not a number of seconds in (0, {max_seconds:g}]")
+        frames = b / ENCODER_FRAME_SECONDS
+        if abs(frames - round(frames)) > 1e-6:
+            raise ValueError(f"{where}: {b!r} s is not a whole number of encoder frames ({ENCODER_FRAME_SECONDS} s each)")
+    if any(not a < b for a, b in zip(buckets, buckets[1:])):
+        raise ValueError(f"{where} must ascend, got {buckets}")
+
+
 class LiteWhisperConfig(WhisperConfig):
     """`WhisperConfig` plus `low_rank_config`: one dict per encoder layer mapping any of
-    q_proj, k_proj, v_proj, out_proj, fc1, fc2 to a rank. A name left out stays a dense `nn.Linear`."""
+    q_proj, k_proj, v_proj, out_proj, fc1, fc2 to a rank. A name left out stays a dense `nn.Linear`.
+
+    Dynamic encoder context: with `encoder_context_buckets` (seconds, ascending, e.g. [10, 15, 20]) the encoder runs on
+    the smallest bucket that holds the audio plus `encoder_context_margin` seconds of the padding after it (the
+    decoder needs some), or on the full window when none does. A batch takes the bucket of its longest clip. None (the
+    default) always runs the full 30 s window, as Whisper does."""
 
     model_type = "lite-whisper"
 
-    def __init__(self, low_rank_config: list[dict[str, int]] | None = None, **kwargs):
+    def __init__(self, low_rank_config: list[dict[str, int]] | None = None, encoder_context_buckets=None,
+                 encoder_context_margin: float = 1.0, **kwargs):
         # The checkpoint's custom ASR pipeline is for trust_remote_code users. With the package installed its own
         # pipeline is registered instead, and keeping the entry would make pipeline() demand trust_remote_code.
         if _RUNS_AS_PACKAGE:
@@ -37,6 +71,9 @@ class LiteWhisperConfig(WhisperConfig):
             low_rank_config = [{} for _ in range(self.encoder_layers)]
         self.low_rank_config = [{str(k): v for k, v in layer.items()} for layer in low_rank_config]
         self._check_low_rank_config()
+        check_context(encoder_context_buckets, encoder_context_margin, self.max_source_positions * ENCODER_FRAME_SECONDS)
+        self.encoder_context_buckets = None if encoder_context_buckets is None else [float(b) for b in encoder_context_buckets]
+        self.encoder_context_margin = float(encoder_context_margin)
 
     def _check_low_rank_config(self):
         layers = self.low_rank_config

@@ -8,6 +8,7 @@ liteasr_hf. Tensor names follow the published LiteASR checkpoints (efficient-spe
 decoder on SDPA. Importing this file registers that implementation and the ASR pipeline for lite models.
 """
 
+import contextlib
 import copy
 import os
 import shutil
@@ -20,6 +21,7 @@ from transformers import initialization as init
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.models.whisper import modeling_whisper
 from transformers.models.whisper.modeling_whisper import (
     WhisperAttention,
     WhisperEncoder,
@@ -31,7 +33,8 @@ from transformers.models.whisper.modeling_whisper import (
 )
 
 from .attention_lite_whisper import attention_core
-from .configuration_lite_whisper import LOW_RANK_SHAPES, LiteWhisperConfig
+from .generation_config_lite_whisper import complete_whisper_generation_config
+from .configuration_lite_whisper import ENCODER_FRAME_SECONDS, LOW_RANK_SHAPES, LiteWhisperConfig, check_context
 from .pipeline_lite_whisper import LiteWhisperASRPipeline, register_asr_pipeline
 
 ATTN_IMPLEMENTATION = "liteasr"
@@ -312,14 +315,102 @@ class LiteWhisperPreTrainedModel(WhisperPreTrainedModel):
         ]
         if problems:
             raise ValueError(f"checkpoint does not match its low_rank_config: {'; '.join(problems)}")
+        if model.can_generate():  # published uploads carry a bare generation config (see generation_config_...)
+            complete_whisper_generation_config(model.generation_config, model.config)
         return (model, info) if want_info else model
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Dynamic encoder context
+
+MEL_FRAME_SECONDS = ENCODER_FRAME_SECONDS / 2
+_UNSET = object()
+
+
+def audio_frames(input_features, attention_mask=None):
+    """Mel frames per row [B] up to the last one holding audio. From the feature extractor's attention mask where it
+    matches the features (the pipeline and long-form generate pass one for the whole recording, which does not match
+    a 30 s segment); else from the features: padding frames are constant over the mel bins, both the log-mel floor
+    the feature extractor writes for zero samples and the zeros long-form generate pads its last segment with."""
+    batch, _, length = input_features.shape
+    if attention_mask is not None and tuple(attention_mask.shape) == (batch, length):
+        return attention_mask.to(torch.long).sum(-1)
+    audio = input_features.amax(1) - input_features.amin(1) > 1e-6  # [B, T]
+    position = torch.arange(1, length + 1, device=input_features.device)
+    return (audio * position).amax(-1)
+
+
+def context_frames(input_features, attention_mask, buckets, margin, full_frames: int) -> int:
+    """Mel frames the encoder runs on: the smallest bucket holding the batch's longest audio plus `margin` seconds,
+    else `full_frames`; the features' own length when buckets is None."""
+    if buckets is None:
+        return input_features.shape[-1]
+    need = int(audio_frames(input_features, attention_mask).max()) + round(margin / MEL_FRAME_SECONDS)
+    for seconds in buckets:
+        frames = round(seconds / MEL_FRAME_SECONDS)
+        if frames >= need:
+            return min(frames, full_frames)
+    return full_frames
+
+
 class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
+    """Whisper's encoder with low-rank layers, on input features of any length up to the full window (3,000 mel
+    frames), positions sliced to match. With the config's `encoder_context_buckets` it trims 30 s windows to the
+    bucket that covers the audio (see `context_frames`); `encoder_context(...)` overrides that for a block."""
+
     def __init__(self, config: LiteWhisperConfig):
         super().__init__(config)
         self.layers = nn.ModuleList(LiteWhisperEncoderLayer(config, ranks) for ranks in config.low_rank_config)
+        self._context_override = None
         self.post_init()
+
+    def full_frames(self) -> int:
+        return self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
+
+    @contextlib.contextmanager
+    def encoder_context(self, buckets=_UNSET, margin=_UNSET):
+        """Run the block with other context buckets (None: the full window) and/or margin than those in force."""
+        previous = self._context_override
+        current_buckets, current_margin = self.context_settings()  # what is not given stays as it is (nesting)
+        buckets = current_buckets if buckets is _UNSET else buckets
+        margin = current_margin if margin is _UNSET else margin
+        check_context(buckets, margin, self.full_frames() * MEL_FRAME_SECONDS)
+        self._context_override = (None if buckets is None else [float(b) for b in buckets], float(margin))
+        try:
+            yield self
+        finally:
+            self._context_override = previous
+
+    def context_settings(self):
+        """(buckets or None, margin in seconds) in force now."""
+        if self._context_override is not None:
+            return self._context_override
+        return self.config.encoder_context_buckets, self.config.encoder_context_margin
+
+    @modeling_whisper.merge_with_config_defaults
+    @modeling_whisper.capture_outputs
+    def forward(self, input_features, attention_mask=None, **kwargs):
+        full = self.full_frames()
+        if input_features.shape[-1] > full:
+            raise ValueError(f"the encoder takes at most {full} mel frames ({full * MEL_FRAME_SECONDS:g} s), got "
+                             f"{input_features.shape[-1]}: long-form audio goes through generate(), 30 s at a time")
+        buckets, margin = self.context_settings()
+        frames = context_frames(input_features, attention_mask, buckets, margin, full)
+        if frames < input_features.shape[-1]:
+            input_features = input_features[..., :frames]
+        elif frames > input_features.shape[-1]:  # short features, larger bucket: pad with each row's log-mel floor
+            floor = input_features.amin(dim=(1, 2), keepdim=True)
+            pad = floor.expand(-1, input_features.shape[1], frames - input_features.shape[-1])
+            input_features = torch.cat([input_features, pad], dim=-1)
+
+        inputs_embeds = F.gelu(self.conv1(input_features))
+        inputs_embeds = F.gelu(self.conv2(inputs_embeds)).permute(0, 2, 1)
+        hidden_states = inputs_embeds + self.embed_positions.weight[: inputs_embeds.shape[1]]
+        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        for encoder_layer in self.layers:  # as WhisperEncoder.forward, LayerDrop included
+            if not (self.training and self.layerdrop > 0.0 and torch.rand([]) < self.layerdrop):
+                hidden_states = encoder_layer(hidden_states, None, **kwargs)
+        return modeling_whisper.BaseModelOutput(last_hidden_state=self.layer_norm(hidden_states))
 
 
 class LiteWhisperModel(LiteWhisperPreTrainedModel, WhisperModel):
@@ -402,6 +493,12 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
         # This file and everything it imports by single-dot imports, as trust_remote_code will look for them.
         for path in [__file__, *get_relative_import_files(__file__)]:
             shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
+
+    def generate(self, *args, encoder_context_buckets=_UNSET, encoder_context_margin=_UNSET, **kwargs):
+        """Whisper's `generate`; `encoder_context_buckets` (seconds, or None for the full 30 s window) and
+        `encoder_context_margin` override the config's dynamic encoder context for this call."""
+        with self.model.encoder.encoder_context(encoder_context_buckets, encoder_context_margin):
+            return super().generate(*args, **kwargs)
 
     def _prepare_decoder_input_ids_for_generation(self, batch_size, model_input_name, model_kwargs, *args, **kwargs):
         # transformers prepends decoder_start_token_id to user decoder ids unless model_type == "whisper"; Whisper's

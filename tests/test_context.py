@@ -1,0 +1,156 @@
+"""Dynamic encoder context: the encoder runs on the bucket that covers the audio instead of the full window.
+
+The tiny models' window is 1 s (100 mel frames, 50 encoder positions), so buckets here are fractions of a second.
+"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from liteasr_hf import LiteWhisperConfig, LiteWhisperForConditionalGeneration, LowRankLinear
+from liteasr_hf.lite_whisper.modeling_lite_whisper import audio_frames, context_frames
+from modeling_utils import SAMPLING_RATE, random_factors, tiny_audio, tiny_config, tiny_processor, tiny_whisper
+
+RANKS = [{"q_proj": 4, "k_proj": 6, "v_proj": 5, "fc1": 10}, {"k_proj": 3, "out_proj": 8}]
+
+
+def lite_model(buckets=None, margin=0.1):
+    dense = tiny_whisper()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, RANKS, random_factors(dense, RANKS))
+    lite.config.encoder_context_buckets, lite.config.encoder_context_margin = buckets, margin
+    return dense, lite
+
+
+def features(processor, seconds):
+    """Feature-extractor output for clips of these lengths, padded to the 1 s window, with its attention mask."""
+    audios = [tiny_audio(seed=i, seconds=s) for i, s in enumerate(seconds)]
+    return processor.feature_extractor(audios, sampling_rate=SAMPLING_RATE, return_tensors="pt",
+                                       return_attention_mask=True)
+
+
+def trimmed_reference(model, frames):
+    """A plain Whisper whose window is `frames` mel frames: positions sliced, nothing else changed."""
+    ref = copy.deepcopy(model)
+    encoder = ref.get_encoder()
+    encoder.config.max_source_positions = frames // 2
+    encoder.embed_positions = nn.Embedding.from_pretrained(encoder.embed_positions.weight[: frames // 2].clone())
+    return ref
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    return tiny_processor(tmp_path_factory.mktemp("processor"))
+
+
+def test_full_context_gives_todays_outputs(processor):
+    """No buckets (every published config) and buckets that never fit both run the full window: bit-identical
+    encoder outputs and tokens to the code before dynamic context, i.e. Whisper's own encoder forward."""
+    feats = features(processor, [0.3, 0.9])
+    for buckets in (None, [0.2]):  # 0.9 s + margin fits no 0.2 s bucket
+        _, lite = lite_model(buckets)
+        with torch.no_grad():
+            ours = lite.get_encoder()(feats.input_features, attention_mask=feats.attention_mask).last_hidden_state
+            whisper = super(type(lite.get_encoder()), lite.get_encoder()).forward(feats.input_features).last_hidden_state
+        assert ours.shape[1] == 50 and torch.equal(ours, whisper)
+
+
+def test_trimmed_encoder_equals_plain_reference(processor):
+    """0.3 s of audio + 0.1 s margin -> the 0.4 s bucket: 40 mel frames. The same as a dense Whisper whose window is
+    40 frames, given the first 40 frames (float64, so only summation order differs: 1e-12)."""
+    dense, lite = lite_model([0.4, 0.6])
+    dense, lite = dense.double(), lite.double()
+    feats = features(processor, [0.3])
+    x = feats.input_features.double()
+    with torch.no_grad():
+        out = lite.get_encoder()(x, attention_mask=feats.attention_mask).last_hidden_state
+        densified = copy.deepcopy(dense)
+        for name, module in lite.get_encoder().named_modules():  # the lite model's products as dense weights
+            if isinstance(module, LowRankLinear):
+                linear = nn.Linear(module.in_features, module.out_features, dtype=torch.float64)
+                linear.weight.data = (module.weight1 @ module.weight2).T.contiguous()
+                linear.bias.data = module.bias.detach().clone()
+                densified.get_encoder().set_submodule(name, linear)
+        expected = trimmed_reference(densified, 40).get_encoder()(x[..., :40]).last_hidden_state
+    assert out.shape == (1, 20, 64)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_bucket_from_mask_and_from_padding_floor(processor):
+    feats = features(processor, [0.25, 0.5])
+    mask_frames = audio_frames(feats.input_features, feats.attention_mask)
+    assert mask_frames.tolist() == [25, 50]  # one frame per started 10 ms
+    floor_frames = audio_frames(feats.input_features)  # no mask: the first all-floor frame after the audio
+    assert ((floor_frames - mask_frames).abs() <= 2).all(), (floor_frames, mask_frames)
+    # long-form generate pads its last segment with zeros, not the floor; a whole-recording mask does not match
+    zeros = torch.cat([feats.input_features[:, :, :50], torch.zeros(2, 80, 50)], dim=-1)
+    assert (audio_frames(zeros, torch.ones(2, 300)) <= 52).all()
+    buckets = [0.4, 0.6, 0.8]
+    # a batch takes the bucket of its longest clip: 0.5 s + 0.1 s margin = 60 frames -> 0.6 s
+    assert context_frames(feats.input_features, feats.attention_mask, buckets, 0.1, 100) == 60
+    assert context_frames(feats.input_features[:1], feats.attention_mask[:1], buckets, 0.1, 100) == 40
+    assert context_frames(feats.input_features, feats.attention_mask, buckets, 0.35, 100) == 100  # 0.85 s: full
+    assert context_frames(feats.input_features, feats.attention_mask, None, 0.1, 100) == 100
+
+
+def test_mixed_lengths_generate_like_each_alone(processor):
+    """A batch runs at its longest clip's bucket; each clip decodes as it does alone at that bucket. (The language is
+    given: detection runs the encoder without the mask, where the floor estimate may pick the next bucket.)"""
+    _, lite = lite_model([0.4, 0.6])
+    feats = features(processor, [0.2, 0.5])
+    kw = dict(max_new_tokens=6, language="en")
+    batch = lite.generate(feats.input_features, attention_mask=feats.attention_mask, **kw)
+    for i in range(2):
+        with lite.get_encoder().encoder_context([0.6]):  # the batch's bucket, for the short clip too
+            alone = lite.generate(feats.input_features[i : i + 1], attention_mask=feats.attention_mask[i : i + 1], **kw)
+        assert torch.equal(batch[i, : alone.shape[1]], alone[0]), i
+
+
+def test_per_call_override_and_short_features(processor):
+    _, lite = lite_model([0.4])
+    feats = features(processor, [0.2])
+    encoder = lite.get_encoder()
+    seen = []
+    hook = encoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    kw = dict(max_new_tokens=2, language="en")
+    lite.generate(feats.input_features, attention_mask=feats.attention_mask, **kw)
+    lite.generate(feats.input_features, attention_mask=feats.attention_mask, encoder_context_buckets=None, **kw)
+    lite.generate(feats.input_features, encoder_context_buckets=[0.6], encoder_context_margin=0.3, **kw)
+    with torch.no_grad():
+        encoder(feats.input_features[..., :30])  # shorter than the bucket: padded with its floor up to 0.4 s
+    hook.remove()
+    assert seen == [20, 50, 30, 20]
+    assert encoder.context_settings() == ([0.4], 0.1)  # the overrides ended with their calls
+    with pytest.raises(ValueError, match="at most 100 mel frames"):
+        encoder(torch.zeros(1, 80, 102))
+
+
+@pytest.mark.parametrize("buckets, margin, message", [
+    ([10, 40], 1.0, r"encoder_context_buckets: 40 is not a number of seconds in \(0, 30\]"),
+    ([10.01], 1.0, "not a whole number of encoder frames"),
+    ([], 1.0, "encoder_context_buckets is empty"),
+    ([20, 10], 1.0, "must ascend"),
+    ("10", 1.0, "must be a list of seconds"),
+    ([10], -0.5, "encoder_context_margin must be a number of seconds >= 0"),
+])
+def test_bad_context_config_names_the_field(buckets, margin, message):
+    with pytest.raises(ValueError, match=message):
+        LiteWhisperConfig(encoder_context_buckets=buckets, encoder_context_margin=margin)
+
+
+def test_bad_per_call_context_names_the_argument():
+    _, lite = lite_model()
+    with pytest.raises(ValueError, match=r"encoder_context_buckets: 2 is not a number of seconds in \(0, 1\]"):
+        lite.generate(torch.zeros(1, 80, 100), encoder_context_buckets=[0.5, 2])
+    with pytest.raises(ValueError, match="encoder_context_margin"):
+        lite.generate(torch.zeros(1, 80, 100), encoder_context_margin=-1)
+
+
+def test_context_round_trips_through_config(tmp_path):
+    config = LiteWhisperConfig(**{k: v for k, v in tiny_config().to_dict().items() if k != "model_type"},
+                               encoder_context_buckets=[0.4, 0.6], encoder_context_margin=0.2)
+    config.save_pretrained(tmp_path)
+    again = LiteWhisperConfig.from_pretrained(tmp_path)
+    assert (again.encoder_context_buckets, again.encoder_context_margin) == ([0.4, 0.6], 0.2)
+    assert LiteWhisperConfig().encoder_context_buckets is None  # published checkpoints: full window
