@@ -154,3 +154,98 @@ def test_context_round_trips_through_config(tmp_path):
     again = LiteWhisperConfig.from_pretrained(tmp_path)
     assert (again.encoder_context_buckets, again.encoder_context_margin) == ([0.4, 0.6], 0.2)
     assert LiteWhisperConfig().encoder_context_buckets is None  # published checkpoints: full window
+
+
+FRESH_PROCESS = r"""
+import json, sys
+sys.modules["liteasr_hf"] = None  # the package must not be what runs
+import torch
+from transformers import AutoModelForSpeechSeq2Seq, pipeline
+folder, audio = sys.argv[1], torch.load(sys.argv[2]).numpy()
+model = AutoModelForSpeechSeq2Seq.from_pretrained(folder, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+seen = []
+model.model.encoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+asr = pipeline("automatic-speech-recognition", model=folder, trust_remote_code=True)
+asr.model.model.encoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+asr(audio, generate_kwargs={"max_new_tokens": 2, "language": "en"})
+asr(audio, generate_kwargs={"max_new_tokens": 2, "language": "en", "encoder_context_buckets": None})
+print("RESULT" + json.dumps(seen))
+"""
+
+
+def test_saved_folder_uses_its_context_with_trust_remote_code_alone(processor, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from liteasr_hf import save_lite_checkpoint
+
+    _, lite = lite_model([0.4, 0.6], margin=0.1)
+    folder = save_lite_checkpoint(lite, str(tmp_path / "saved"), processor=processor)
+    torch.save(torch.from_numpy(tiny_audio(seconds=0.25)), tmp_path / "audio.pt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run([sys.executable, "-I", "-c", FRESH_PROCESS, folder, str(tmp_path / "audio.pt")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 0.25 s + 0.1 s margin -> the 0.4 s bucket (20 positions); the per-call override -> the full 50
+    assert json.loads(result.stdout.split("RESULT", 1)[1]) == [20, 50]
+
+
+@pytest.fixture(scope="module")
+def real_context_model(tiny_en_path):
+    """Real tiny.en twice: as Whisper ships it, and wrapped as lite-whisper with the default dynamic context."""
+    from transformers import AutoProcessor, WhisperForConditionalGeneration
+
+    dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_path).eval()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, [{}] * dense.config.encoder_layers, {})
+    lite.config.encoder_context_buckets, lite.config.encoder_context_margin = [10.0, 15.0, 20.0], 1.0
+    return dense, lite, AutoProcessor.from_pretrained(tiny_en_path)
+
+
+def shipped(prefix):
+    from liteasr_hf.audio import BUNDLED_CLIPS, load_clips
+
+    return [c for c in load_clips(BUNDLED_CLIPS, text_column=None) if c.id.startswith(prefix)]
+
+
+@pytest.mark.slow
+def test_pipeline_long_form_batches_and_timestamps_under_dynamic_context(real_context_model):
+    """Real tiny.en, 36 s of speech (JFK + the LibriVox clips): sequential long-form (its last window is short and runs
+    at a bucket), chunked with a batch of mixed-length chunks, segment and word timestamps. Each gives the text of
+    the full-window model; word times stay within 0.1 s of the full window's (the DTW runs over the same positions:
+    the trimmed ones held only padding)."""
+    import numpy as np
+    from transformers import pipeline
+
+    dense, lite, processor = real_context_model
+    audio = np.concatenate([c.audio for c in shipped("jfk") + shipped("librivox")])
+    assert 35 < len(audio) / 16_000 < 40
+    make = lambda model: pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+                                  feature_extractor=processor.feature_extractor)
+    ours, theirs = make(lite), make(dense)
+    seen = []
+    lite.get_encoder().layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    gen = {"num_beams": 1}
+    # sequential: full windows, then a short last one; chunked (30 s chunks, 5 s strides: 0-30 s, 20-36 s): batched,
+    # both run at the longer chunk's full window; one at a time, the second runs at the 20 s bucket
+    for kwargs, positions in (({"return_timestamps": True}, lambda s: min(s) < 1500 == max(s)),
+                              ({"chunk_length_s": 30, "batch_size": 2}, lambda s: s == [1500]),
+                              ({"chunk_length_s": 30, "batch_size": 1}, lambda s: s == [1500, 1000])):
+        seen.clear()
+        got, want = ours(audio.copy(), generate_kwargs=gen, **kwargs), theirs(audio.copy(), generate_kwargs=gen, **kwargs)
+        assert got["text"] == want["text"] and len(got["text"]) > 300, kwargs
+        assert positions(seen), (kwargs, seen)
+        if "chunks" in want:
+            # Segment times are the decoder's own predictions. The full windows give the same ones; in the short
+            # last window they moved by 0.3 s (start) and 0.6 s (end, into the kept margin) here: 0.75 s allowed.
+            assert len(got["chunks"]) == len(want["chunks"])
+            for g, w in zip(got["chunks"], want["chunks"]):
+                assert g["text"] == w["text"] and all(abs(a - b) <= 0.75 for a, b in zip(g["timestamp"], w["timestamp"])), (g, w)
+    clip = shipped("jfk")[0].audio
+    got, want = (p(clip.copy(), return_timestamps="word", generate_kwargs=gen) for p in (ours, theirs))
+    assert [c["text"] for c in got["chunks"]] == [c["text"] for c in want["chunks"]]
+    diffs = [abs(a - b) for g, w in zip(got["chunks"], want["chunks"]) for a, b in zip(g["timestamp"], w["timestamp"])]
+    assert max(diffs) <= 0.1, diffs

@@ -129,3 +129,31 @@ def resolve_model(name_or_path: str) -> str:
         if not os.path.isfile(os.path.join(dst, "model.safetensors")):
             raise
     return dst
+
+
+def ct2_folder(name: str) -> str:
+    """The faster-whisper (CTranslate2) folder of a bundled name, as faster-whisper loads it: tiny.en's package folder
+    as is; base's two model.bin parts joined once into the cache beside the converted model."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"unknown bundled model {name!r}; available: {', '.join(BUNDLED_MODELS)}")
+    src, parts = _sources(name)
+    if len(parts) == 1:
+        return src
+    dst = os.path.join(cache_dir(), CACHE_VERSION, "ct2-" + name[len(PREFIX):])
+    if os.path.isfile(os.path.join(dst, "model.bin")):  # renamed into place: present = complete
+        return dst
+    tmp = dst + f".tmp-{os.getpid()}"
+    os.makedirs(tmp, exist_ok=True)
+    for f in os.listdir(src):
+        if not f.startswith("model.bin"):
+            shutil.copyfile(os.path.join(src, f), os.path.join(tmp, f))
+    with open(os.path.join(tmp, "model.bin.partial"), "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out)
+    os.replace(os.path.join(tmp, "model.bin.partial"), os.path.join(tmp, "model.bin"))
+    try:
+        os.replace(tmp, dst)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst

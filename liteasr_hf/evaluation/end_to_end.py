@@ -1,0 +1,199 @@
+"""End-to-end transcription speed: what a user waits for, dense vs lite vs lite + dynamic context, per dtype and batch.
+
+Every row transcribes the same clips in the same process; rows are interleaved within each round (row 1, row 2, ...,
+then again), so drift of the machine (thermal, other load) hits every row alike. Wall time is the median over rounds;
+the encoder's share comes from hooks around the encoder's forward; WER is scored on the first round's transcripts
+with its paired 95 % interval against the reference row (the first one: dense, fp32, full 30 s window).
+A faster-whisper row runs the same weights through CTranslate2 when the package is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..audio import SAMPLING_RATE
+from ..generation import quiet_length_warning
+from ..lite_whisper.configuration_lite_whisper import check_context
+from ..lite_whisper.modeling_lite_whisper import MEL_FRAME_SECONDS
+from .run import repeated_ngram, transcribe
+from .wer import wer_difference, word_errors
+
+logger = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Row:
+    label: str
+    run: object  # callable(audios) -> texts
+    encoder_seconds: list = field(default_factory=list)  # filled by the encoder hooks, one entry per round
+    walls: list = field(default_factory=list)
+    texts: list | None = None
+
+
+def cpu_bf16_support() -> str:
+    """'native' where this CPU has AMX or AVX512-BF16 (bf16 matmuls run in hardware), else 'emulated' (slower than
+    fp32). Read from /proc/cpuinfo; 'unknown' elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return "unknown"
+    return "native" if flags & {"amx_bf16", "avx512_bf16"} else "emulated"
+
+
+class EncoderTimer:
+    """Adds the wall time of every encoder forward to `self.seconds` while attached."""
+
+    def __init__(self, encoder):
+        self.seconds, self._t0 = 0.0, None
+        self._handles = [encoder.register_forward_pre_hook(self._start), encoder.register_forward_hook(self._stop)]
+
+    def _start(self, *_):
+        self._t0 = time.perf_counter()
+
+    def _stop(self, *_):
+        self.seconds += time.perf_counter() - self._t0
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+def as_lite(model):
+    """A lite-whisper copy of a dense Whisper with no low-rank layer (so it takes a dynamic context); a lite model as is."""
+    from ..lite_whisper import LiteWhisperForConditionalGeneration
+
+    if isinstance(model, LiteWhisperForConditionalGeneration):
+        return model
+    layers = [{} for _ in range(model.config.encoder_layers)]
+    return LiteWhisperForConditionalGeneration.from_whisper(model, layers, {})
+
+
+def transformers_runner(model, processor, *, batch_size, buckets, margin, path, gen, timer_box):
+    """A callable(audios) -> texts through `transcribe` (generate) or `pipeline()`, the encoder on `buckets` (None:
+    the full window) with `margin` (a lite model, see `as_lite`); each call's encoder seconds go to `timer_box`."""
+    encoder = model.get_encoder()
+    check_context(buckets, margin, encoder.full_frames() * MEL_FRAME_SECONDS)  # bad values fail before any timing
+
+    def with_context(fn):
+        def run(audios):
+            timer = EncoderTimer(encoder)
+            try:
+                with encoder.encoder_context(buckets, margin):
+                    texts = fn(audios)
+            finally:
+                timer.remove()
+            timer_box.append(timer.seconds)
+            return texts
+        return run
+
+    if path == "generate":
+        return with_context(lambda audios: transcribe(model, processor, audios, batch_size, **gen)[0])
+    from transformers import pipeline
+
+    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+                   feature_extractor=processor.feature_extractor, dtype=model.dtype, device=model.device)
+
+    def run_pipeline(audios):
+        inputs = [{"raw": a, "sampling_rate": SAMPLING_RATE} for a in audios]
+        with quiet_length_warning():
+            return [o["text"].strip() for o in asr(inputs, batch_size=batch_size, generate_kwargs=gen)]
+    return with_context(run_pipeline)
+
+
+def faster_whisper_runner(folder, compute_type, threads, language, max_new_tokens):
+    """Batch 1 through faster-whisper's `transcribe` (greedy, no VAD, no fallback, no conditioning: the same decoding
+    as the transformers rows). None when faster-whisper is not installed."""
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        return None
+    model = WhisperModel(folder, device="cpu", compute_type=compute_type, cpu_threads=threads)
+
+    def run(audios):
+        texts = []
+        for a in audios:
+            segments, _ = model.transcribe(a, beam_size=1, language=language, temperature=0.0, vad_filter=False,
+                                           condition_on_previous_text=False, without_timestamps=True,
+                                           max_new_tokens=max_new_tokens)
+            texts.append(" ".join(s.text.strip() for s in segments))
+        return texts
+    return run
+
+
+def run_rows(rows, clips, rounds, progress=True):
+    from tqdm.auto import tqdm
+
+    audios = [c.audio for c in clips]
+    bar = tqdm(total=rounds * len(rows), desc="end-to-end rows", unit="row", disable=not progress)
+    for r in range(rounds):
+        for row in rows:
+            t0 = time.perf_counter()
+            texts = row.run(audios)
+            row.walls.append(time.perf_counter() - t0)
+            if row.texts is None:
+                row.texts = texts
+            bar.update()
+            logger.info("round %d %s: %.1f s", r + 1, row.label, row.walls[-1])
+    bar.close()
+
+
+def summarize(rows, clips, group=lambda label: None) -> list[dict]:
+    """Per row: median wall, RTF, speed-up against the first row of its `group(label)`, encoder share, WER and its
+    difference to the first row with the paired interval, repetition loops."""
+    refs = [c.text for c in clips]
+    audio_s = sum(c.seconds for c in clips)
+    scored = []
+    for row in rows:
+        e = word_errors(refs, row.texts)
+        scored.append((row, e, {c.id: (k, w) for c, k, w in zip(clips, e["errors"], e["utterance_words"])}))
+    _, ref_e, ref_clips = scored[0]
+    group_wall = {}
+    for row, _, _ in scored:
+        group_wall.setdefault(group(row.label), statistics.median(row.walls))
+    out = []
+    for row, e, per_clip in scored:
+        wall = statistics.median(row.walls)
+        ref_wall = group_wall[group(row.label)]
+        enc = statistics.median(row.encoder_seconds) if row.encoder_seconds else None
+        out.append({
+            "row": row.label, "wall_s": wall, "walls": row.walls, "rtf": wall / audio_s,
+            "speedup": ref_wall / wall, "encoder_share": None if enc is None else enc / wall,
+            "wer": e["wer"], "delta_wer": wer_difference(ref_e["wer"], e["wer"], ref_clips, per_clip),
+            "loops": sum(repeated_ngram(t) for t in row.texts), "texts": row.texts,
+        })
+    return out
+
+
+def markdown(results: list[dict], settings: dict) -> str:
+    lines = [
+        f"{settings['clips']} clips, {settings['audio_s']:.1f} s of audio; {settings['machine']}; torch "
+        f"{settings['torch']}, {settings['threads']} threads; bf16 on this CPU: {settings['bf16']}; median of "
+        f"{settings['rounds']} interleaved rounds. Speed-up and Δ WER (95 % paired interval) against the first row.",
+        "",
+        "| row | wall s | RTF | speed-up | encoder share | WER % | Δ WER (95 % CI) | loops |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        share = "—" if r["encoder_share"] is None else f"{100 * r['encoder_share']:.0f} %"
+        lines.append(f"| {r['row']} | {r['wall_s']:.1f} | {r['rtf']:.3f} | {r['speedup']:.2f}x | {share} | "
+                     f"{100 * r['wer']:.2f} | {r['delta_wer']} | {r['loops']} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line for line in f if line.startswith("model name")).split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"

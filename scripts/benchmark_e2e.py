@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""End-to-end transcription benchmark on real speech: dense vs lite vs lite + dynamic encoder context, per dtype and
+batch size, through generate() or pipeline(), with a faster-whisper row on the same weights when it is installed.
+
+Every row runs in this process on the same clips, interleaved over --rounds; the table gives wall time, real-time
+factor, speed-up against dense fp32 (full 30 s window) at the same batch size and path, the encoder's share of the
+time, and WER with its paired 95 % interval against that first row.
+
+    python scripts/benchmark_e2e.py --lite outputs/lite-whisper-base-size80        # shipped clips, quick
+    python scripts/benchmark_e2e.py --lite outputs/lite-whisper-base-size80 --dataset ../shared/data/speech-dev \\
+        --split evaluation --batch 1 8 --json outputs/e2e.json                       # the README's table
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# As in evaluate.py: this folder's evaluate.py would shadow the `evaluate` library that scores WER.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_ROWS = ["dense/fp32/full", "dense/bf16/full", "dense/bf16/dynamic", "lite/fp32/full", "lite/bf16/full",
+                "lite/fp32/dynamic", "lite/bf16/dynamic"]
+
+
+def parse_args(argv=None):
+    from liteasr_hf.conversion import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dense", default=DEFAULT_MODEL, help=f"dense Whisper: bundled name, folder or Hub id (default {DEFAULT_MODEL})")
+    p.add_argument("--lite", help="lite checkpoint folder or Hub id (rows 'lite/...'; default: none, dense rows only)")
+    p.add_argument("--rows", nargs="+", default=None, metavar="MODEL/DTYPE/CONTEXT",
+                   help="MODEL dense|lite, DTYPE fp32|bf16|fp16, CONTEXT full|dynamic (the first row is the reference; "
+                        f"default: {' '.join(DEFAULT_ROWS)}, lite rows only with --lite)")
+    p.add_argument("--buckets", type=float, nargs="+", default=None, metavar="SECONDS",
+                   help="context buckets of the 'dynamic' rows (default: the lite checkpoint's encoder_context_buckets, else 10 15 20)")
+    p.add_argument("--margin", type=float, default=None, help="seconds of padding kept after the audio (default: the checkpoint's, else 1.0)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    p.add_argument("--path", nargs="+", choices=["generate", "pipeline"], default=["generate"],
+                   help="generate: the project's batched transcribe(); pipeline: pipeline('automatic-speech-recognition')")
+    p.add_argument("--faster-whisper", default="auto", metavar="FOLDER|auto|off",
+                   help="CTranslate2 folder of the dense weights for the faster-whisper rows (auto: the bundled one for a bundled --dense)")
+    p.add_argument("--faster-whisper-compute", nargs="+", default=["int8"], help="faster-whisper compute types (default int8)")
+    p.add_argument("--dataset", help="local audiofolder or Hub dataset (default: the clips shipped in the package)")
+    p.add_argument("--split", help="split.json key or Hub split (default for the shipped clips: evaluation)")
+    p.add_argument("--limit", type=int, help="at most this many clips")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; wall time is their median (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch and CTranslate2 threads (default: torch's)")
+    p.add_argument("--json", default="outputs/e2e.json", help="results, with every row's transcripts")
+    args = p.parse_args(argv)
+    rows = args.rows or [r for r in DEFAULT_ROWS if args.lite or not r.startswith("lite")]
+    for r in rows:
+        parts = r.split("/")
+        if len(parts) != 3 or parts[0] not in ("dense", "lite") or parts[1] not in ("fp32", "bf16", "fp16") or parts[2] not in ("full", "dynamic"):
+            p.error(f"--rows: {r!r} is not MODEL/DTYPE/CONTEXT with MODEL dense|lite, DTYPE fp32|bf16|fp16, CONTEXT full|dynamic")
+        if parts[0] == "lite" and not args.lite:
+            p.error(f"--rows: {r!r} needs --lite")
+    if any(b < 1 for b in args.batch) or args.rounds < 1:
+        p.error("--batch and --rounds must be at least 1")
+    args.rows = rows
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from liteasr_hf.conversion import BUNDLED_MODELS
+    from liteasr_hf.conversion.bundled import ct2_folder
+    from liteasr_hf.evaluation import end_to_end as e2e
+    from liteasr_hf.evaluation.run import load_groups, load_model
+    from liteasr_hf.generation import generate_kwargs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    clips = [c for _, group in load_groups(args.dataset, split=args.split, limit=args.limit) for c in group]
+    models = {}
+
+    def model(kind, dtype):
+        if (kind, dtype) not in models:
+            m, processor, _ = load_model(args.lite if kind == "lite" else args.dense, dtype=e2e.DTYPES[dtype])
+            models[kind, dtype] = (e2e.as_lite(m), processor)
+        return models[kind, dtype]
+
+    lite_config = model("lite", "fp32")[0].config if args.lite else None
+    buckets = args.buckets or (lite_config and lite_config.encoder_context_buckets) or [10.0, 15.0, 20.0]
+    margin = args.margin if args.margin is not None else (lite_config.encoder_context_margin if lite_config else 1.0)
+    rows = []
+    for path in args.path:
+        for batch in args.batch:
+            for spec in args.rows:
+                kind, dtype, context = spec.split("/")
+                m, processor = model(kind, dtype)
+                gen = generate_kwargs(m, "en")
+                row = e2e.Row(f"{spec} b{batch} {path}", None)
+                row.run = e2e.transformers_runner(m, processor, batch_size=batch, path=path, gen=gen, margin=margin,
+                                                  buckets=buckets if context == "dynamic" else None, timer_box=row.encoder_seconds)
+                rows.append(row)
+    fw = args.faster_whisper
+    if fw == "auto":
+        fw = ct2_folder(args.dense) if args.dense in BUNDLED_MODELS else "off"
+    if fw != "off":
+        for compute in args.faster_whisper_compute:
+            run = e2e.faster_whisper_runner(fw, compute, threads, "en", 128)
+            if run is None:
+                print("faster-whisper is not installed: no faster-whisper row (pip install faster-whisper)", file=sys.stderr)
+                break
+            rows.append(e2e.Row(f"faster-whisper {compute} b1", run))
+    e2e.run_rows(rows, clips, args.rounds)
+    results = e2e.summarize(rows, clips, group=lambda label: label.split(" ", 1)[1] if not label.startswith("faster") else "b1 generate")
+    settings = {"clips": len(clips), "audio_s": sum(c.seconds for c in clips), "machine": e2e.machine(),
+                "torch": torch.__version__, "threads": threads, "bf16": e2e.cpu_bf16_support(), "rounds": args.rounds,
+                "buckets": buckets, "margin": margin, "dense": args.dense, "lite": args.lite,
+                "dataset": args.dataset or "shipped clips", "split": args.split}
+    print(e2e.markdown(results, settings))
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"settings": settings, "results": results}, f, indent=1)
+    print(f"\nresults: {args.json}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
