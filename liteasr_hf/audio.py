@@ -39,6 +39,7 @@ class Clip:
     text: str | None = None
     source: str | None = None
     speaker: str | None = None
+    language: str | None = None  # a Whisper language code ("de"), from a `language` column where the data has one
 
     @property
     def seconds(self) -> float:
@@ -112,13 +113,19 @@ def load_clips(
     files: Sequence[str] | None = None,
     limit: int | None = None,
     require_text: bool = False,
+    shuffle_seed: int | None = None,
 ) -> list[Clip]:
     """Load clips from a local audiofolder (metadata.csv/jsonl + audio files) or a Hub dataset id.
 
     `dataset=None` means the clips shipped inside the package. `files` keeps only those file names
     (e.g. one side of a `split.json`); for a local folder `split` may also name a key of its
-    `split.json`. Unreadable or empty clips are skipped with a warning and counted in the log.
+    `split.json`. Unreadable or empty clips are skipped with a warning and counted in the log. `shuffle_seed`: a Hub
+    dataset streams through datasets' seeded shuffle buffer (1,000 rows), so `limit` draws clips rather than taking
+    the first ones.
     """
+    if files is not None and not (dataset is None or os.path.isdir(dataset)):
+        raise ValueError(f"{dataset}: a list of files (a split file) selects from a local folder, not a Hub dataset; "
+                         "use its split instead")
     if dataset is None:
         dataset = BUNDLED_CLIPS
     if os.path.isdir(dataset):
@@ -127,7 +134,7 @@ def load_clips(
         raise ValueError(f"no dataset folder {dataset}")
     else:
         try:
-            clips = _load_hub(dataset, split, config, audio_column, text_column, limit)
+            clips = _load_hub(dataset, split, config, audio_column, text_column, limit, shuffle_seed)
         except OSError as e:  # offline, or no such dataset on the Hub
             name = f"{dataset}/{config}" if config else dataset
             raise ValueError(f"{name}: not a local folder, and not a Hub dataset reachable now ({first_line(e)})") from e
@@ -164,16 +171,18 @@ def _load_folder(folder, split, text_column, files, limit) -> list[Clip]:
             skipped += 1
             continue
         text = row.get(col) if col else None
-        clips.append(Clip(name, audio, text, row.get("source") or None, row.get("speaker") or None))
+        clips.append(Clip(name, audio, text, row.get("source") or None, row.get("speaker") or None, row.get("language") or None))
     if skipped:
         logger.warning("%s: skipped %d unusable clip(s) of %d", folder, skipped, skipped + len(clips))
     return clips
 
 
-def _load_hub(dataset, split, config, audio_column, text_column, limit) -> list[Clip]:
+def _load_hub(dataset, split, config, audio_column, text_column, limit, shuffle_seed=None) -> list[Clip]:
     from datasets import Audio, load_dataset
 
     ds = load_dataset(dataset, config, split=split or "test", streaming=True)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(seed=shuffle_seed, buffer_size=1000)
     columns = list(ds.features.keys()) if ds.features else []
     if columns and audio_column not in columns:
         raise ValueError(f"{dataset}: no audio column {audio_column!r} (columns: {', '.join(columns)})")
@@ -191,7 +200,8 @@ def _load_hub(dataset, split, config, audio_column, text_column, limit) -> list[
             logger.warning("skipping %s", e)
             skipped += 1
             continue
-        clips.append(Clip(name, array, row.get(col) if col else None, dataset if not config else f"{dataset}/{config}"))
+        clips.append(Clip(name, array, row.get(col) if col else None, dataset if not config else f"{dataset}/{config}",
+                          language=row.get("language") or None))
     if skipped:
         logger.warning("%s: skipped %d unusable clip(s)", dataset, skipped)
     return clips

@@ -20,8 +20,9 @@ import sys
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # As in evaluate.py: this folder's evaluate.py would shadow the `evaluate` library that scores WER.
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_ROWS = ["dense/fp32/full", "dense/bf16/full", "dense/bf16/dynamic", "lite/fp32/full", "lite/bf16/full",
-                "lite/fp32/dynamic", "lite/bf16/dynamic"]
+DEFAULT_ROWS = ["dense/fp32/full", "dense/bf16/full", "dense/cpu/dynamic", "lite/fp32/full", "lite/bf16/dynamic",
+                "lite/cpu/dynamic"]
+ROW_DTYPES = ("fp32", "bf16", "fp16", "cpu", "cpu-int8")
 
 
 def parse_args(argv=None):
@@ -31,7 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--dense", default=DEFAULT_MODEL, help=f"dense Whisper: bundled name, folder or Hub id (default {DEFAULT_MODEL})")
     p.add_argument("--lite", help="lite checkpoint folder or Hub id (rows 'lite/...'; default: none, dense rows only)")
     p.add_argument("--rows", nargs="+", default=None, metavar="MODEL/DTYPE/CONTEXT",
-                   help="MODEL dense|lite, DTYPE fp32|bf16|fp16, CONTEXT full|dynamic (the first row is the reference; "
+                   help="MODEL dense|lite, DTYPE fp32|bf16|fp16|cpu|cpu-int8 (cpu: liteasr_hf.optimize_for_cpu, a bf16 encoder "
+                        "where the CPU has it + fp32 decoder; cpu-int8: its int8 decoder), CONTEXT full|dynamic (the first row is the reference; "
                         f"default: {' '.join(DEFAULT_ROWS)}, lite rows only with --lite)")
     p.add_argument("--buckets", type=float, nargs="+", default=None, metavar="SECONDS",
                    help="context buckets of the 'dynamic' rows (default: the lite checkpoint's encoder_context_buckets, else 10 15 20)")
@@ -52,8 +54,8 @@ def parse_args(argv=None):
     rows = args.rows or [r for r in DEFAULT_ROWS if args.lite or not r.startswith("lite")]
     for r in rows:
         parts = r.split("/")
-        if len(parts) != 3 or parts[0] not in ("dense", "lite") or parts[1] not in ("fp32", "bf16", "fp16") or parts[2] not in ("full", "dynamic"):
-            p.error(f"--rows: {r!r} is not MODEL/DTYPE/CONTEXT with MODEL dense|lite, DTYPE fp32|bf16|fp16, CONTEXT full|dynamic")
+        if len(parts) != 3 or parts[0] not in ("dense", "lite") or parts[1] not in ROW_DTYPES or parts[2] not in ("full", "dynamic"):
+            p.error(f"--rows: {r!r} is not MODEL/DTYPE/CONTEXT with MODEL dense|lite, DTYPE fp32|bf16|fp16|cpu|cpu-int8, CONTEXT full|dynamic")
         if parts[0] == "lite" and not args.lite:
             p.error(f"--rows: {r!r} needs --lite")
     if any(b < 1 for b in args.batch) or args.rounds < 1:
@@ -68,6 +70,7 @@ def main(argv=None):
     import torch
 
     from liteasr_hf.conversion import BUNDLED_MODELS
+    from liteasr_hf.cpu import cpu_bf16_support, optimize_for_cpu
     from liteasr_hf.conversion.bundled import ct2_folder
     from liteasr_hf.evaluation import end_to_end as e2e
     from liteasr_hf.evaluation.run import load_groups, load_model
@@ -81,8 +84,11 @@ def main(argv=None):
 
     def model(kind, dtype):
         if (kind, dtype) not in models:
-            m, processor, _ = load_model(args.lite if kind == "lite" else args.dense, dtype=e2e.DTYPES[dtype])
-            models[kind, dtype] = (e2e.as_lite(m), processor)
+            m, processor, _ = load_model(args.lite if kind == "lite" else args.dense, dtype=e2e.DTYPES.get(dtype, torch.float32))
+            m = e2e.as_lite(m)
+            if dtype.startswith("cpu"):
+                m = optimize_for_cpu(m, decoder="int8" if dtype == "cpu-int8" else "fp32")
+            models[kind, dtype] = (m, processor)
         return models[kind, dtype]
 
     lite_config = model("lite", "fp32")[0].config if args.lite else None
@@ -112,7 +118,7 @@ def main(argv=None):
     e2e.run_rows(rows, clips, args.rounds)
     results = e2e.summarize(rows, clips, group=lambda label: label.split(" ", 1)[1] if not label.startswith("faster") else "b1 generate")
     settings = {"clips": len(clips), "audio_s": sum(c.seconds for c in clips), "machine": e2e.machine(),
-                "torch": torch.__version__, "threads": threads, "bf16": e2e.cpu_bf16_support(), "rounds": args.rounds,
+                "torch": torch.__version__, "threads": threads, "bf16": cpu_bf16_support(), "rounds": args.rounds,
                 "buckets": buckets, "margin": margin, "dense": args.dense, "lite": args.lite,
                 "dataset": args.dataset or "shipped clips", "split": args.split}
     print(e2e.markdown(results, settings))

@@ -59,7 +59,7 @@ def parse_args(argv=None):
     g.add_argument("--split", default=None, help="Hub split, or a key of the folder's split.json / --split-file (default: 'calibration' when there is one, Hub: 'train')")
     g.add_argument("--split-file", default=None, help="JSON file mapping split names to lists of file names of the local folder")
     g.add_argument("--audio-column", default="audio", help="column holding the audio in a Hub dataset")
-    g.add_argument("--num-clips", type=int, default=None, help="use this many clips (random, with --seed); default all")
+    g.add_argument("--num-clips", type=int, default=None, help="use this many clips, drawn with --seed (a Hub dataset: through a seeded shuffle buffer of 1,000 rows); default all")
     g.add_argument("--seed", type=int, default=0, help="seeds the --num-clips draw and the refinement (held-back clips, batches)")
     g.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
     g = p.add_argument_group("compression")
@@ -96,6 +96,10 @@ def parse_args(argv=None):
                         "else on the full 30 s window; 'full' = always the full window, as Whisper. Measured on speech-dev's "
                         "calibration clips (base, dense and 80 %%): 10 s costs no WER; 8 s and below loop without adaptation")
     g.add_argument("--context-margin", type=float, default=1.0, help="seconds of the padding after the audio the encoder keeps")
+    g.add_argument("--refine-context", action="store_true",
+                   help="refine at the dynamic context: the lite encoder on --context-buckets, the loss the decoder KL (--refine-kl) "
+                        "against the dense model on the full window, no encoder MSE (a trimmed full-window output is a worse decoder "
+                        "input than a short-context one); needs --refine-steps and --refine-kl")
     g.add_argument("--context-only", action="store_true",
                    help="no compression: the dense model wrapped as lite-whisper with no low-rank layer, only the dynamic context "
                         "(no audio is read)")
@@ -156,6 +160,8 @@ def _check(p, args):
             except ValueError:
                 raise ValueError(f"--context-buckets takes seconds or 'full', got {' '.join(args.context_buckets)}") from None
         check_context(args.context_buckets, args.context_margin, 30.0, where="--context-buckets")
+        if args.refine_context and (not args.refine_steps or not args.refine_kl or args.context_buckets is None):
+            raise ValueError("--refine-context needs --refine-steps N, --refine-kl W and --context-buckets other than 'full'")
         for path in filter(None, [args.split_file, *args.resume_stats]):
             if not os.path.isfile(path):
                 raise ValueError(f"no such file: {path}")
@@ -224,8 +230,11 @@ def calibration_clips(args):
             split = "calibration" if "calibration" in json.load(f) else None
     if local:
         clips = load_clips(folder, split=split, files=files, text_column=None)
+    elif files is not None:
+        raise ValueError(f"--split-file selects files of a local folder; {args.dataset} is a Hub dataset: use --split")
     else:
-        clips = load_clips(args.dataset, split=split or "train", config=args.dataset_config, audio_column=args.audio_column, limit=args.num_clips)
+        clips = load_clips(args.dataset, split=split or "train", config=args.dataset_config, audio_column=args.audio_column,
+                           limit=args.num_clips, shuffle_seed=args.seed if args.num_clips else None)
     if args.num_clips and args.num_clips < len(clips):
         clips = random.Random(args.seed).sample(clips, args.num_clips)
     name = "liteasr_hf shipped clips" if args.dataset is None else args.dataset
@@ -431,10 +440,12 @@ def main(argv=None) -> int:
         stage = {"size": size}
         if args.refine_steps:
             done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=args.refine_kl, train=args.refine_train,
-                          steps=args.refine_steps, lr=args.refine_lr, warmup=args.refine_warmup, pad_weight=args.padding_weight, seed=args.seed, progress=progress)
+                          steps=args.refine_steps, lr=args.refine_lr, warmup=args.refine_warmup, pad_weight=args.padding_weight, seed=args.seed, progress=progress,
+                          context=(args.context_buckets, args.context_margin) if args.refine_context else None,
+                          mse_weight=0.0 if args.refine_context else 1.0)
             stage["refine"] = {k: done[k] for k in ("steps", "initial", "best")}
         stages.append(stage)
-    selection.update(sequential=args.sequential, refine_steps=args.refine_steps)
+    selection.update(sequential=args.sequential, refine_steps=args.refine_steps, refine_context=args.refine_context)
     if args.refine_steps:
         selection["refine"] = stages[-1]["refine"]
     if args.stages:

@@ -33,12 +33,18 @@ def main(argv=None):
     p.add_argument("--audio-column", default="audio", help="column holding the audio in a Hub dataset")
     p.add_argument("--text-column", help="transcript column (default: first of transcription, text, sentence, ...)")
     p.add_argument("--limit", type=int, help="at most this many clips (per ESB subset)")
+    p.add_argument("--group-by", choices=["source", "language"], default="source",
+                   help="one table row per `source` or per `language` column value; a multilingual model always transcribes "
+                        "each clip in its `language` where the data has that column (CER for zh/ja/ko/th)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per generate call")
     p.add_argument("--language", help="multilingual models only (default en)")
     p.add_argument("--task", choices=["transcribe", "translate"], help="multilingual models only (default transcribe)")
     p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="longer hypotheses count as repetition loops")
     p.add_argument("--device", help="default: accelerate's device for this process")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="weights and activations (default float32)")
+    p.add_argument("--context-buckets", nargs="+", default=None, metavar="SECONDS",
+                   help="run the encoder on this dynamic context (seconds, or 'full' for the 30 s window) instead of what each "
+                        "checkpoint's config says; a dense Whisper is wrapped as lite-whisper for it")
     p.add_argument("--worst", type=int, default=5, help="worst utterances to list per model")
     p.add_argument("--output", default="outputs/evaluation.json", help="JSON results")
     p.add_argument("--model-card", metavar="FOLDER", help="record the first model's WER in this lite checkpoint's model card "
@@ -61,15 +67,21 @@ def main(argv=None):
     from liteasr_hf.evaluation import evaluate_model, load_groups, markdown, write_json
 
     state = PartialState(cpu=args.device == "cpu")  # first call: with --device cpu, launched processes run on CPUs (gloo)
+    context = "config"
+    if args.context_buckets:
+        try:
+            context = None if [b.lower() for b in args.context_buckets] == ["full"] else [float(b) for b in args.context_buckets]
+        except ValueError:
+            p.error(f"--context-buckets takes seconds or 'full', got {' '.join(args.context_buckets)}")
     models = args.model or [DEFAULT_MODEL]
     for m in models:  # a bad folder fails now, not after the models before it have transcribed everything
         resolve_model(m)
     groups = load_groups(args.dataset, split=args.split, config=args.config, audio_column=args.audio_column,
-                         text_column=args.text_column, limit=args.limit)
+                         text_column=args.text_column, limit=args.limit, group_by=args.group_by)
     results = [
         evaluate_model(m, groups, batch_size=args.batch_size, language=args.language, task=args.task,
                        max_new_tokens=args.max_new_tokens, device=args.device, dtype=getattr(torch, args.dtype),
-                       worst=args.worst, average_subsets=args.dataset == "esb")
+                       worst=args.worst, average_subsets=args.dataset == "esb", context_buckets=context)
         for m in models
     ]
     if not state.is_main_process:

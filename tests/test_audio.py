@@ -82,3 +82,40 @@ def test_a_folder_with_no_usable_clip_or_a_missing_split_is_an_error(tmp_path):
     (folder / "split.json").write_text(json.dumps({"calibration": ["empty.wav"], "evaluation": ["corrupt.flac"]}))
     with pytest.raises(ValueError, match=r"split.json has no split 'test' \(has: calibration, evaluation\)"):
         load_clips(str(folder), split="test")
+
+
+def _hub_stand_in(monkeypatch, n=30):
+    """datasets.load_dataset replaced by a local streaming dataset of n one-second clips named 0..n-1."""
+    import io
+
+    import datasets
+    import soundfile as sf
+
+    def flac(i):
+        buf = io.BytesIO()
+        sf.write(buf, np.full(16000, 0.01 * (i + 1), dtype=np.float32), 16000, format="FLAC")
+        return buf.getvalue()
+
+    rows = {"id": [str(i) for i in range(n)], "audio": [{"bytes": flac(i), "path": None} for i in range(n)],
+            "text": [f"clip {i}" for i in range(n)]}
+    ds = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False)).to_iterable_dataset()
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: ds)
+
+
+def test_hub_limit_draws_with_the_seed(monkeypatch):
+    from liteasr_hf.audio import load_clips
+
+    _hub_stand_in(monkeypatch)
+    first = [c.id for c in load_clips("someone/speech", limit=5)]
+    drawn = [c.id for c in load_clips("someone/speech", limit=5, shuffle_seed=0)]
+    assert first == ["0", "1", "2", "3", "4"]
+    assert drawn != first and drawn == [c.id for c in load_clips("someone/speech", limit=5, shuffle_seed=0)]
+    assert drawn != [c.id for c in load_clips("someone/speech", limit=5, shuffle_seed=1)]
+
+
+def test_a_split_file_with_a_hub_dataset_is_an_error(monkeypatch):
+    from liteasr_hf.audio import load_clips
+
+    _hub_stand_in(monkeypatch)
+    with pytest.raises(ValueError, match="selects from a local folder, not a Hub dataset"):
+        load_clips("someone/speech", files=["0"])

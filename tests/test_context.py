@@ -94,6 +94,19 @@ def test_bucket_from_mask_and_from_padding_floor(processor):
     assert context_frames(feats.input_features, feats.attention_mask, None, 0.1, 100) == 100
 
 
+def test_short_features_are_padded_as_the_feature_extractor_pads(processor):
+    """Features cut after the audio (as padding="longest" leaves them) give what the padded ones give, with and without
+    buckets: the padding is rebuilt from the clip's maximum (2 below it), to float rounding (1e-5)."""
+    feats = features(processor, [0.3, 0.2])
+    for buckets in (None, [0.6]):
+        _, lite = lite_model(buckets)
+        with torch.no_grad():
+            want = lite.get_encoder()(feats.input_features).last_hidden_state
+            got = lite.get_encoder()(feats.input_features[..., :35]).last_hidden_state
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert got.shape[1] == (50 if buckets is None else 30)
+
+
 def test_mixed_lengths_generate_like_each_alone(processor):
     """A batch runs at its longest clip's bucket; each clip decodes as it does alone at that bucket. (The language is
     given: detection runs the encoder without the mask, where the floor estimate may pick the next bucket.)"""

@@ -164,3 +164,45 @@ def test_two_processes_score_what_one_scores(tmp_path):
     one, two = (sorted((u["id"], u["hypothesis"]) for u in out[n]["results"][0]["utterances"]) for n in (1, 2))
     assert one == two and len(one) == 4
     assert out[1]["results"][0]["summary"]["wer"] == out[2]["results"][0]["summary"]["wer"]
+
+
+def test_other_languages_use_the_basic_normalizer_and_cjk_is_scored_per_character():
+    de = word_errors(["Für die besten Aussichten, sagte er."], ["für die besten aussichten sagte er"], ["de"])
+    assert de["wer"] == 0.0 and de["words"] == 6  # case and punctuation only; "für" keeps its umlaut
+    assert word_errors(["Für"], ["fur"], ["de"])["wer"] == 1.0  # a missing umlaut is an error
+    zh = word_errors(["我们今天去公园"], ["我们明天去公园"], ["zh"])
+    assert zh["words"] == 7 and zh["substitutions"] == 1  # CER: one character of seven
+    # English (or no language) keeps the English normalizer's spelling map
+    assert word_errors(["the colour grey"], ["the color gray"], ["en"])["wer"] == 0.0
+
+
+def test_groups_by_language_and_transcribes_each_clip_in_its_language(tmp_path, monkeypatch):
+    """A multilingual model is asked for each clip's own language; the table has a row per language."""
+    import shutil
+
+    import soundfile as sf
+
+    from liteasr_hf.evaluation import run
+
+    rows = [("a.flac", "hallo welt", "de"), ("b.flac", "bonjour", "fr"), ("c.flac", "guten tag", "de")]
+    for name, _, _ in rows:
+        sf.write(tmp_path / name, torch.zeros(8000).uniform_(-0.1, 0.1).numpy(), 16000)
+    (tmp_path / "metadata.csv").write_text("file_name,transcription,language\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    groups = load_groups(str(tmp_path), group_by="language")
+    assert [(g, [c.id for c in clips]) for g, clips in groups] == [("de", ["a.flac", "c.flac"]), ("fr", ["b.flac"])]
+    asked = []
+
+    def fake_transcribe(model, processor, audios, batch_size, **gen):
+        asked.append((gen.get("language"), len(audios)))
+        return ["hallo welt" if gen.get("language") == "de" else "bonjour"] * len(audios), [False] * len(audios)
+
+    class Model:  # only what evaluate_model reads
+        generation_config = type("G", (), {"is_multilingual": True})()
+        config = LiteWhisperConfig(encoder_layers=1, decoder_layers=1, d_model=64, encoder_attention_heads=4,
+                                   decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128)
+
+    monkeypatch.setattr(run, "transcribe", fake_transcribe)
+    result = evaluate_model("m", groups, model=Model(), processor=None, progress=False)
+    assert sorted(asked) == [("de", 2), ("fr", 1)]
+    assert set(result["sources"]) == {"de", "fr"} and result["sources"]["fr"]["wer"] == 0.0
+    assert result["sources"]["de"]["wer"] == 0.5  # "guten tag" heard as "hallo welt"

@@ -71,6 +71,15 @@ def results_table(results: list[dict], folder: str, base_model: str) -> str:
     return "\n".join(rows)
 
 
+def context_description(context) -> str:
+    """The card's line for the dynamic encoder context (calibration.json's "context")."""
+    if not context or context.get("buckets") is None:
+        return "none: the encoder always runs the full 30 s window"
+    buckets = " / ".join(f"{b:g}" for b in context["buckets"])
+    return (f"{buckets} s (the smallest that holds the audio + {context['margin']:g} s, else 30 s); "
+            "`generate(..., encoder_context_buckets=None)` runs the full window")
+
+
 def render_model_card(folder: str, results: list[dict] | None = None, repo: str | None = None) -> str:
     """Write `folder/README.md` from the folder's calibration.json. `results` (WER rows) are stored there
     too, replacing earlier rows of the same dataset and split; `repo` is the id shown in the loading code."""
@@ -116,6 +125,7 @@ def render_model_card(folder: str, results: list[dict] | None = None, repo: str 
         version=info.get("version", ""),
         command=c.get("command", "scripts/calibrate.py"),
         ranks_table=ranks_table(ranks, info["num_layers"]),
+        context=context_description(info.get("context")),
     )
     with open(template_path(), encoding="utf-8") as f:
         text = Template(f.read()).substitute(fields)

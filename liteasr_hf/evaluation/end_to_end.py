@@ -32,21 +32,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass
 class Row:
     label: str
-    run: object  # callable(audios) -> texts
+    run: object  # callable(audios) -> (texts, capped: ran into the token cap, where the engine tells)
     encoder_seconds: list = field(default_factory=list)  # filled by the encoder hooks, one entry per round
     walls: list = field(default_factory=list)
     texts: list | None = None
-
-
-def cpu_bf16_support() -> str:
-    """'native' where this CPU has AMX or AVX512-BF16 (bf16 matmuls run in hardware), else 'emulated' (slower than
-    fp32). Read from /proc/cpuinfo; 'unknown' elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return "unknown"
-    return "native" if flags & {"amx_bf16", "avx512_bf16"} else "emulated"
+    capped: list | None = None
+    loops: int = 0
 
 
 class EncoderTimer:
@@ -88,15 +79,15 @@ def transformers_runner(model, processor, *, batch_size, buckets, margin, path, 
             timer = EncoderTimer(encoder)
             try:
                 with encoder.encoder_context(buckets, margin):
-                    texts = fn(audios)
+                    result = fn(audios)
             finally:
                 timer.remove()
             timer_box.append(timer.seconds)
-            return texts
+            return result
         return run
 
     if path == "generate":
-        return with_context(lambda audios: transcribe(model, processor, audios, batch_size, **gen)[0])
+        return with_context(lambda audios: transcribe(model, processor, audios, batch_size, **gen))
     from transformers import pipeline
 
     asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
@@ -105,7 +96,8 @@ def transformers_runner(model, processor, *, batch_size, buckets, margin, path, 
     def run_pipeline(audios):
         inputs = [{"raw": a, "sampling_rate": SAMPLING_RATE} for a in audios]
         with quiet_length_warning():
-            return [o["text"].strip() for o in asr(inputs, batch_size=batch_size, generate_kwargs=gen)]
+            texts = [o["text"].strip() for o in asr(inputs, batch_size=batch_size, generate_kwargs=gen)]
+        return texts, [False] * len(texts)  # the pipeline does not say; repeated n-grams still count
     return with_context(run_pipeline)
 
 
@@ -125,7 +117,7 @@ def faster_whisper_runner(folder, compute_type, threads, language, max_new_token
                                            condition_on_previous_text=False, without_timestamps=True,
                                            max_new_tokens=max_new_tokens)
             texts.append(" ".join(s.text.strip() for s in segments))
-        return texts
+        return texts, [False] * len(texts)
     return run
 
 
@@ -137,10 +129,10 @@ def run_rows(rows, clips, rounds, progress=True):
     for r in range(rounds):
         for row in rows:
             t0 = time.perf_counter()
-            texts = row.run(audios)
+            texts, capped = row.run(audios)
             row.walls.append(time.perf_counter() - t0)
             if row.texts is None:
-                row.texts = texts
+                row.texts, row.capped = texts, capped
             bar.update()
             logger.info("round %d %s: %.1f s", r + 1, row.label, row.walls[-1])
     bar.close()
@@ -153,6 +145,7 @@ def summarize(rows, clips, group=lambda label: None) -> list[dict]:
     audio_s = sum(c.seconds for c in clips)
     scored = []
     for row in rows:
+        row.loops = sum(k or repeated_ngram(t) for t, k in zip(row.texts, row.capped))
         e = word_errors(refs, row.texts)
         scored.append((row, e, {c.id: (k, w) for c, k, w in zip(clips, e["errors"], e["utterance_words"])}))
     _, ref_e, ref_clips = scored[0]
@@ -168,7 +161,7 @@ def summarize(rows, clips, group=lambda label: None) -> list[dict]:
             "row": row.label, "wall_s": wall, "walls": row.walls, "rtf": wall / audio_s,
             "speedup": ref_wall / wall, "encoder_share": None if enc is None else enc / wall,
             "wer": e["wer"], "delta_wer": wer_difference(ref_e["wer"], e["wer"], ref_clips, per_clip),
-            "loops": sum(repeated_ngram(t) for t in row.texts), "texts": row.texts,
+            "loops": row.loops, "texts": row.texts,
         })
     return out
 

@@ -39,6 +39,7 @@ class Utterance:
     reference: str
     hypothesis: str
     capped: bool  # generation ran into max_new_tokens instead of ending the text
+    language: str | None = None
 
 
 def load_model(name: str, device="cpu", dtype=None):
@@ -58,9 +59,10 @@ def load_model(name: str, device="cpu", dtype=None):
 
 
 def load_groups(dataset: str | None, *, split=None, config=None, audio_column="audio", text_column=None,
-                limit=None) -> list[tuple[str, list[Clip]]]:
-    """[(source, clips)]: the ESB subsets for dataset "esb", else one dataset grouped by its `source`
-    column (a Hub dataset is one source). `dataset=None` = the shipped clips' evaluation split."""
+                limit=None, group_by="source") -> list[tuple[str, list[Clip]]]:
+    """[(group, clips)]: the ESB subsets for dataset "esb", else one dataset grouped by its `source` (a Hub dataset
+    is one source) or, with group_by="language", its `language` column. `dataset=None` = the shipped clips'
+    evaluation split."""
     if dataset == "esb":
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
             raise ValueError(f"the ESB protocol streams {ESB_DATASET} from the Hub, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
@@ -75,10 +77,13 @@ def load_groups(dataset: str | None, *, split=None, config=None, audio_column="a
     clips = load_clips(dataset, split=split, config=config, audio_column=audio_column, text_column=text_column,
                        limit=limit, require_text=True)
     default = os.path.basename(os.path.normpath(dataset)) if dataset else "shipped clips"
-    by_source: dict[str, list[Clip]] = {}
+    if group_by not in ("source", "language"):
+        raise ValueError(f"group_by must be 'source' or 'language', got {group_by!r}")
+    groups: dict[str, list[Clip]] = {}
     for c in clips:
-        by_source.setdefault(c.source or default, []).append(c)
-    return sorted(by_source.items())
+        key = (c.language or "unknown language") if group_by == "language" else (c.source or default)
+        groups.setdefault(key, []).append(c)
+    return sorted(groups.items())
 
 
 @torch.inference_mode()
@@ -116,21 +121,24 @@ def repeated_ngram(text: str, repeats: int = LOOP_NGRAM_REPEATS, max_n: int = 5)
 
 def score(utterances: Sequence[Utterance]) -> dict:
     """WER with S/D/I and the counts of one table row; per-utterance errors in `errors`."""
-    e = word_errors([u.reference for u in utterances], [u.hypothesis for u in utterances])
+    e = word_errors([u.reference for u in utterances], [u.hypothesis for u in utterances], [u.language for u in utterances])
     loops = sum(u.capped or repeated_ngram(u.hypothesis) for u in utterances)
     return dict(e, clips=len(utterances), seconds=sum(u.seconds for u in utterances), loops=loops)
 
 
 def evaluate_model(name: str, groups, *, batch_size=8, language=None, task=None, max_new_tokens=MAX_NEW_TOKENS,
                    device=None, dtype=None, worst=5, average_subsets=False, model=None, processor=None,
-                   progress=True) -> dict:
+                   progress=True, context_buckets="config") -> dict:
     """Transcribe every group with model `name` (or the given model/processor) and score it.
 
     Returns {"model", "encoder": encoder_cost, "sources": {source: row}, "summary": row, "worst": [...],
     "utterances": [...]}; rows hold wer, substitutions, deletions, insertions, words, clips, seconds,
     loops, wall_s, rtf. The summary pools all words; `average_subsets` (ESB) makes its WER the mean of
-    the sources' WERs instead.
+    the sources' WERs instead. `context_buckets`: "config" runs the encoder as the checkpoint says; a list of
+    seconds (or None: the full window) sets the dynamic encoder context, wrapping a dense Whisper as lite-whisper.
     """
+    import contextlib
+
     from accelerate import PartialState
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
@@ -139,15 +147,29 @@ def evaluate_model(name: str, groups, *, batch_size=8, language=None, task=None,
     if model is None:
         model, processor, _ = load_model(name, device or state.device, dtype)
     gen = generate_kwargs(model, language, task, max_new_tokens)
+    in_context = contextlib.nullcontext
+    if context_buckets != "config":
+        from .end_to_end import as_lite
+
+        model = as_lite(model)
+        in_context = lambda: model.get_encoder().encoder_context(context_buckets)  # noqa: E731
     local, walls = [], {}
     bar = tqdm(total=sum(len(c) for _, c in groups), desc=f"transcribing ({os.path.basename(str(name))})", unit="clip",
                disable=not progress or not state.is_main_process)
+    multilingual = getattr(model.generation_config, "is_multilingual", False)
     for source, clips in groups:
-        with state.split_between_processes(list(clips)) as shard:
+        with state.split_between_processes(list(clips)) as shard, in_context():
             t0 = time.perf_counter()
-            texts, capped = transcribe(model, processor, [c.audio for c in shard], batch_size, **gen) if shard else ([], [])
+            texts, capped = [None] * len(shard), [False] * len(shard)
+            # A multilingual model transcribes each clip in the clip's own language where the data names it.
+            for lang in sorted({c.language if multilingual else None for c in shard}, key=str):
+                idx = [i for i, c in enumerate(shard) if (c.language if multilingual else None) == lang]
+                kw = generate_kwargs(model, lang or language, task, max_new_tokens) if lang else gen
+                t, k = transcribe(model, processor, [shard[i].audio for i in idx], batch_size, **kw)
+                for i, ti, ki in zip(idx, t, k):
+                    texts[i], capped[i] = ti, ki
             walls[source] = time.perf_counter() - t0
-        local += [Utterance(c.id, source, c.seconds, c.text, t, k) for c, t, k in zip(shard, texts, capped)]
+        local += [Utterance(c.id, source, c.seconds, c.text, t, k, c.language) for c, t, k in zip(shard, texts, capped)]
         bar.update(len(clips))
     bar.close()
     utts = gather_object(local) if state.num_processes > 1 else local

@@ -1,4 +1,6 @@
-"""WER as Whisper papers report it: Whisper's English text normalizer on both sides, then corpus WER.
+"""WER as Whisper papers report it: Whisper's English text normalizer on both sides, then corpus WER. Other
+languages: Whisper's basic normalizer (lower case, no punctuation or symbols); Chinese, Japanese, Korean, Thai and
+the like are scored per character (CER), as their text has no spaces between words.
 
 One code path, online or offline: `evaluate.load` on the metric module shipped next to this file
 (wer_metric.py), which wraps jiwer.
@@ -26,8 +28,21 @@ def normalizer():
         return EnglishTextNormalizer(json.load(f))
 
 
-def normalize(text: str) -> str:
-    return normalizer()(text or "")
+CHARACTER_LANGUAGES = {"zh", "ja", "ko", "th", "lo", "my", "yue"}  # scored per character (CER)
+
+
+@lru_cache(maxsize=2)
+def basic_normalizer(split_letters: bool):
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    return BasicTextNormalizer(remove_diacritics=False, split_letters=split_letters)
+
+
+def normalize(text: str, language: str | None = None) -> str:
+    """English (or unknown) text through Whisper's English normalizer; other languages through its basic one."""
+    if language in (None, "en", "english"):
+        return normalizer()(text or "")
+    return basic_normalizer(language in CHARACTER_LANGUAGES)(text or "")
 
 
 @lru_cache(maxsize=1)
@@ -37,7 +52,7 @@ def metric():
     return evaluate.load(METRIC_SCRIPT)
 
 
-def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
+def word_errors(references: Sequence[str], hypotheses: Sequence[str], languages: Sequence[str | None] | None = None) -> dict:
     """Corpus WER of normalized texts with S/D/I, plus per-utterance `errors` and `words` lists.
 
     A reference that normalizes to nothing (e.g. only a filler word) has no words to score: it gets
@@ -45,8 +60,9 @@ def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
     """
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    refs = [normalize(r) for r in references]
-    hyps = [normalize(h) for h in hypotheses]
+    languages = languages or [None] * len(references)
+    refs = [normalize(r, lang) for r, lang in zip(references, languages)]
+    hyps = [normalize(h, lang) for h, lang in zip(hypotheses, languages)]
     keep = [i for i, r in enumerate(refs) if r.strip()]
     errors, words = [0] * len(refs), [0] * len(refs)
     out = {"wer": 0.0, "substitutions": 0, "deletions": 0, "insertions": 0, "hits": 0}

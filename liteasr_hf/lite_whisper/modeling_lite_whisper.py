@@ -342,9 +342,9 @@ def audio_frames(input_features, attention_mask=None):
 
 def context_frames(input_features, attention_mask, buckets, margin, full_frames: int) -> int:
     """Mel frames the encoder runs on: the smallest bucket holding the batch's longest audio plus `margin` seconds,
-    else `full_frames`; the features' own length when buckets is None."""
+    else (and always when buckets is None) `full_frames`."""
     if buckets is None:
-        return input_features.shape[-1]
+        return full_frames
     need = int(audio_frames(input_features, attention_mask).max()) + round(margin / MEL_FRAME_SECONDS)
     for seconds in buckets:
         frames = round(seconds / MEL_FRAME_SECONDS)
@@ -353,10 +353,19 @@ def context_frames(input_features, attention_mask, buckets, margin, full_frames:
     return full_frames
 
 
+def padding_frames(input_features, frames: int):
+    """The frames WhisperFeatureExtractor writes for zero samples, from `input_features`' length up to `frames`:
+    it clamps log10 power at (clip max - 8) and maps x to (x + 4) / 4, so padding sits 2 below each clip's maximum,
+    or at (log10(1e-10) + 4) / 4 = -1.5 when the clip is quieter than that clamp."""
+    floor = torch.clamp(input_features.amax(dim=(1, 2), keepdim=True) - 2.0, min=-1.5)
+    return floor.expand(-1, input_features.shape[1], frames - input_features.shape[-1])
+
+
 class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
-    """Whisper's encoder with low-rank layers, on input features of any length up to the full window (3,000 mel
-    frames), positions sliced to match. With the config's `encoder_context_buckets` it trims 30 s windows to the
-    bucket that covers the audio (see `context_frames`); `encoder_context(...)` overrides that for a block."""
+    """Whisper's encoder with low-rank layers. It runs on the full window (3,000 mel frames, 30 s) or, with the
+    config's `encoder_context_buckets`, on the bucket that covers the audio (see `context_frames`), positions sliced
+    to match; `encoder_context(...)` overrides that for a block. Shorter input features are padded to that context
+    as the feature extractor pads (`padding_frames`)."""
 
     def __init__(self, config: LiteWhisperConfig):
         super().__init__(config)
@@ -398,10 +407,8 @@ class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
         frames = context_frames(input_features, attention_mask, buckets, margin, full)
         if frames < input_features.shape[-1]:
             input_features = input_features[..., :frames]
-        elif frames > input_features.shape[-1]:  # short features, larger bucket: pad with each row's log-mel floor
-            floor = input_features.amin(dim=(1, 2), keepdim=True)
-            pad = floor.expand(-1, input_features.shape[1], frames - input_features.shape[-1])
-            input_features = torch.cat([input_features, pad], dim=-1)
+        elif frames > input_features.shape[-1]:  # features cut short (padding="longest"): pad as the extractor would
+            input_features = torch.cat([input_features, padding_frames(input_features, frames)], dim=-1)
 
         inputs_embeds = F.gelu(self.conv1(input_features))
         inputs_embeds = F.gelu(self.conv2(inputs_embeds)).permute(0, 2, 1)
