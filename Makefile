@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-oldest clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,5 +28,19 @@ test: venv
 	TRITON_INTERPRET=$(TRITON_INTERPRET) $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure" >&2; fi; exit $$rc
 
+# The oldest transformers pyproject allows, on the tests of the code that ships inside checkpoints (users load it with
+# whatever transformers they have): model, config, dynamic context, checkpoints, generation-config completion.
+OLDEST_TRANSFORMERS ?= 5.17.0
+OLDEST_VENV ?= .venv-oldest
+$(OLDEST_VENV)/.installed: pyproject.toml
+	python3 -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(OLDEST_VENV)/bin/python -m pip install -q -e ".[dev]" "transformers==$(OLDEST_TRANSFORMERS)"
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	TRITON_INTERPRET=$(TRITON_INTERPRET) $(OLDEST_VENV)/bin/python -m pytest -q tests/test_modeling.py tests/test_checkpoints.py tests/test_context.py
+
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) $(OLDEST_VENV) outputs

@@ -3,7 +3,8 @@
 The encoder is matrix-matrix work, where bf16 on AMX is about 2.4x fp32. A decoder step at batch 1 is a chain of
 matrix-vector products whose cost is reading the weights: there oneDNN's bf16 is slower than fp32, and int8 (dynamic
 quantization) reads a quarter of the bytes but looped on 1 of 115 evaluation clips where fp32 and bf16 did not. At
-batch 8 the decoder's products have 8 rows and bf16 is fastest. Hence the choices of `optimize_for_cpu`.
+batch 8 the decoder's products have 8 rows and bf16 is fastest. Hence `optimize_for_cpu`: bf16 where the CPU has it,
+the decoder's precision a choice.
 """
 
 from __future__ import annotations
@@ -45,27 +46,29 @@ def _cast_output(dtype):
     return hook
 
 
-def optimize_for_cpu(model, encoder_dtype="auto", decoder: str = "fp32"):
-    """In place, for inference on a CPU: the encoder in `encoder_dtype` ("auto": bfloat16 where the CPU runs it
-    natively, else float32), the decoder and output projection in `decoder`: "fp32" (fastest at batch 1 with the
-    decoder's numerics unchanged), "bf16" (fastest from batch ~8), or "int8" (dynamic quantization of its linears:
-    fastest at batch 1, about 1.3x fp32 per decoding step, but it looped on 1 of 115 evaluation clips). The encoder's
-    input and output are cast at its boundary. Returns the model. Any Whisper-family model; not for training or CUDA."""
+def optimize_for_cpu(model, dtype="auto", decoder: str | None = None):
+    """In place, for inference on a CPU. `dtype` "auto": bfloat16 where the CPU runs it natively (AMX / AVX512-BF16),
+    else float32 with a warning (emulated bf16 is slower than fp32); or a torch dtype. `decoder` overrides the
+    decoder and output projection: "fp32" (at batch 1 about as fast as bf16, the decoder's numerics unchanged), "bf16",
+    or "int8" (dynamic quantization of its linears: the fastest at batch 1 and 8 on speech-dev, but it looped on 1 of
+    115 evaluation clips at batch 1 where bf16 and fp32 did not). The encoder's input and output are cast at its
+    boundary, so float32 features go in as from the feature extractor. Returns the model. Any Whisper-family model;
+    not for training or CUDA."""
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("optimize_for_cpu is for a model on the CPU")
-    if decoder not in ("fp32", "bf16", "int8"):
+    if decoder not in (None, "fp32", "bf16", "int8"):
         raise ValueError(f"decoder must be 'fp32', 'bf16' or 'int8', got {decoder!r}")
-    if encoder_dtype == "auto":
+    if dtype == "auto":
         support = cpu_bf16_support()
-        encoder_dtype = torch.bfloat16 if support == "native" else torch.float32
+        dtype = torch.bfloat16 if support == "native" else torch.float32
         if support != "native":
-            logger.warning("this CPU has no native bf16 (AMX / AVX512-BF16: %s): the encoder stays float32", support)
-    model.to(torch.bfloat16 if decoder == "bf16" else torch.float32)
-    decoder_dtype = next(model.get_decoder().parameters()).dtype
+            logger.warning("this CPU has no native bf16 (AMX / AVX512-BF16: %s): the model stays float32", support)
+    decoder_dtype = {None: dtype, "fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}[decoder]
+    model.to(decoder_dtype)
     encoder = model.get_encoder()
-    encoder.to(encoder_dtype)
-    encoder.register_forward_pre_hook(_cast_input(encoder_dtype), with_kwargs=True)  # features come in float32
-    if encoder_dtype != decoder_dtype:
+    encoder.to(dtype)
+    encoder.register_forward_pre_hook(_cast_input(dtype), with_kwargs=True)  # features come in float32
+    if dtype != decoder_dtype:
         encoder.register_forward_hook(_cast_output(decoder_dtype), with_kwargs=True)
     if decoder == "int8":
         with warnings.catch_warnings():  # torch.ao.quantization warns that it moves to torchao

@@ -91,10 +91,11 @@ def parse_args(argv=None):
                         "calibration clips faster than MSE: use a lower --refine-lr (3e-5) and --refine-warmup 25; on tiny.en it did not "
                         "beat MSE (speech-dev, 80 %% size: 5.90 vs 5.71 %% WER)")
     g = p.add_argument_group("dynamic encoder context (written into the checkpoint's config.json)")
-    g.add_argument("--context-buckets", nargs="+", default=[str(b) for b in DEFAULT_CONTEXT_BUCKETS], metavar="SECONDS",
+    g.add_argument("--context-buckets", nargs="+", default=None, metavar="SECONDS",
                    help="the encoder runs on the smallest of these contexts (seconds) that holds the audio plus --context-margin, "
-                        "else on the full 30 s window; 'full' = always the full window, as Whisper. Measured on speech-dev's "
-                        "calibration clips (base, dense and 80 %%): 10 s costs no WER; 8 s and below loop without adaptation")
+                        "else on the full 30 s window; 'full' = always the full window, as Whisper (default: "
+                        f"{' '.join(map(str, DEFAULT_CONTEXT_BUCKETS))}, those shorter than the model's window). Measured on "
+                        "speech-dev's calibration clips (base, dense and 80 %%): 10 s costs no WER; 8 s and below loop without adaptation")
     g.add_argument("--context-margin", type=float, default=1.0, help="seconds of the padding after the audio the encoder keeps")
     g.add_argument("--refine-context", action="store_true",
                    help="refine at the dynamic context: the lite encoder on --context-buckets, the loss the decoder KL (--refine-kl) "
@@ -152,7 +153,10 @@ def _check(p, args):
             raise ValueError(f"--refine-steps and --refine-warmup must be >= 0, got {args.refine_steps} and {args.refine_warmup}")
         from liteasr_hf.lite_whisper.configuration_lite_whisper import check_context
 
-        if [b.lower() for b in args.context_buckets] == ["full"]:
+        args.default_context = args.context_buckets is None
+        if args.default_context:
+            args.context_buckets = [float(b) for b in DEFAULT_CONTEXT_BUCKETS]
+        elif [b.lower() for b in args.context_buckets] == ["full"]:
             args.context_buckets = None
         else:
             try:
@@ -360,6 +364,17 @@ def print_summary(ranks, size, dense, seconds, peak, out):
     print(f"wrote {out}")
 
 
+def fit_context(model, args):
+    """The context buckets for this model's window: the default ones shorter than the window (none: the full window);
+    explicit ones must fit."""
+    from liteasr_hf.lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS, check_context
+
+    window = model.config.max_source_positions * ENCODER_FRAME_SECONDS
+    if args.default_context and args.context_buckets:
+        args.context_buckets = [b for b in args.context_buckets if b < window] or None
+    check_context(args.context_buckets, args.context_margin, window, where="--context-buckets")
+
+
 def set_context(lite, args):
     lite.config.encoder_context_buckets = args.context_buckets
     lite.config.encoder_context_margin = args.context_margin
@@ -394,6 +409,7 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype]
     name, path = resolve(args.model)
     model, processor = load_dense(name, path, device, dtype)
+    fit_context(model, args)
     out = args.output_dir or default_output(name, args)
     try:  # an unwritable output folder fails now, not after the calibration
         os.makedirs(out, exist_ok=True)

@@ -21,11 +21,11 @@ def test_optimize_for_cpu_casts_at_the_encoder_boundary_and_quantizes_the_decode
     rel = lambda got, want: float((got.float() - want).abs().amax() / want.abs().amax())  # noqa: E731
     with torch.no_grad():
         want_enc, want = lite.get_encoder()(x).last_hidden_state, lite(x, decoder_input_ids=ids).logits
-        bf16 = optimize_for_cpu(copy.deepcopy(lite), encoder_dtype=torch.bfloat16, decoder="fp32")
+        bf16 = optimize_for_cpu(copy.deepcopy(lite), dtype=torch.bfloat16, decoder="fp32")
         got_enc, got = bf16.get_encoder()(x).last_hidden_state, bf16(x, decoder_input_ids=ids).logits
-        int8 = optimize_for_cpu(copy.deepcopy(lite), encoder_dtype=torch.float32, decoder="int8")
+        int8 = optimize_for_cpu(copy.deepcopy(lite), dtype=torch.float32, decoder="int8")
         got8 = int8(x, decoder_input_ids=ids).logits
-        bf16_all = optimize_for_cpu(copy.deepcopy(lite), encoder_dtype=torch.bfloat16, decoder="bf16")
+        bf16_all = optimize_for_cpu(copy.deepcopy(lite), dtype=torch.bfloat16)
         assert bf16_all(x, decoder_input_ids=ids).logits.dtype == torch.bfloat16  # float32 features cast on the way in
     assert next(bf16.get_encoder().parameters()).dtype == torch.bfloat16
     assert got_enc.dtype == torch.float32  # cast back for the float32 decoder
@@ -55,8 +55,8 @@ def test_optimize_for_cpu_rejects_a_gpu_model_and_follows_the_cpu():
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["bf16", "fp16", "optimize_for_cpu", "optimize_for_cpu int8"])
 def test_real_speech_in_low_precision_on_cpu(tiny_en_path, how):
-    """Real tiny.en on the JFK clip: bf16 and fp16 generate, and the CPU fast path (bf16 encoder where the CPU has
-    it, int8 decoder), transcribe it as float32 does."""
+    """Real tiny.en on the JFK clip: bf16 and fp16 generate, and the CPU fast path (bf16 where the CPU has it; with
+    the int8 decoder), transcribe it as float32 does."""
     from transformers import AutoProcessor, WhisperForConditionalGeneration
 
     from liteasr_hf.audio import BUNDLED_CLIPS, load_clips
@@ -70,7 +70,7 @@ def test_real_speech_in_low_precision_on_cpu(tiny_en_path, how):
     lite = LiteWhisperForConditionalGeneration.from_whisper(dense, [{}] * dense.config.encoder_layers, {})
     lite.config.encoder_context_buckets = [10.0, 15.0, 20.0]
     if how.startswith("optimize_for_cpu"):
-        model = optimize_for_cpu(lite, decoder="int8" if how.endswith("int8") else "fp32")
+        model = optimize_for_cpu(lite, decoder="int8" if how.endswith("int8") else None)
     else:
         model = lite.to(getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[how]))
     got = processor.batch_decode(model.generate(features.to(model.dtype), num_beams=1), skip_special_tokens=True)[0]
