@@ -69,8 +69,9 @@ def as_lite(model):
 
 
 def transformers_runner(model, processor, *, batch_size, buckets, margin, path, gen, timer_box):
-    """A callable(audios) -> texts through `transcribe` (generate) or `pipeline()`, the encoder on `buckets` (None:
-    the full window) with `margin` (a lite model, see `as_lite`); each call's encoder seconds go to `timer_box`."""
+    """A callable(audios) -> (texts, capped) through `transcribe` (generate) or `pipeline()`, the encoder on `buckets`
+    (None: the full window) with `margin` (a lite model, see `as_lite`); each call's encoder seconds go to
+    `timer_box`."""
     encoder = model.get_encoder()
     check_context(buckets, margin, encoder.full_frames() * MEL_FRAME_SECONDS)  # bad values fail before any timing
 
