@@ -22,14 +22,15 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) scripts/calibrate.py
 
-# TRITON_INTERPRET=1 runs the Triton kernel on the CPU; on a GPU machine use `make test TRITON_INTERPRET=0`.
+# TRITON_INTERPRET=1 lets the tests run the Triton kernel on the CPU (Triton's interpreter), where they ask for it with
+# attention_kernel="triton" (the default "auto" stays on PyTorch on the CPU); on a GPU: `make test TRITON_INTERPRET=0`.
 TRITON_INTERPRET ?= 1
 test: venv
 	TRITON_INTERPRET=$(TRITON_INTERPRET) $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure" >&2; fi; exit $$rc
 
-# The oldest transformers pyproject allows, on the tests of the code that ships inside checkpoints (users load it with
-# whatever transformers they have): model, config, dynamic context, checkpoints, generation-config completion.
+# The whole suite again on the oldest transformers pyproject allows (pyproject: transformers>=5.17,<6; `make test` runs
+# the newest), since users load the code a checkpoint carries, and the package, with whatever transformers they have.
 OLDEST_TRANSFORMERS ?= 5.17.0
 OLDEST_VENV ?= .venv-oldest
 $(OLDEST_VENV)/.installed: pyproject.toml
@@ -40,7 +41,7 @@ $(OLDEST_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-oldest: $(OLDEST_VENV)/.installed
-	TRITON_INTERPRET=$(TRITON_INTERPRET) $(OLDEST_VENV)/bin/python -m pytest -q tests/test_modeling.py tests/test_checkpoints.py tests/test_context.py
+	TRITON_INTERPRET=$(TRITON_INTERPRET) $(OLDEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) outputs

@@ -211,3 +211,54 @@ def window_items(clips: Sequence[Clip]) -> list[tuple[str, np.ndarray]]:
     """(id, audio) of each clip's 30 s windows (`id#i` after the first), for work that sees the encoder's
     fixed input length: calibration statistics, sensitivity probes, refinement."""
     return [(f"{c.id}#{i}" if i else c.id, w) for c in clips for i, w in enumerate(windows(c.audio))]
+
+
+def split_files(split_file: str, split: str) -> list[str]:
+    """The file names a split file ({split name: [file names]}, JSON) lists under `split`."""
+    try:
+        with open(split_file) as f:
+            splits = json.load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read the split file {split_file} ({e.strerror or e})") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{split_file} is not valid JSON ({e})") from e
+    if split not in splits or not isinstance(splits[split], list):
+        raise ValueError(f"{split_file} has no split {split!r} (has: {', '.join(k for k, v in splits.items() if isinstance(v, list))})")
+    return splits[split]
+
+
+def calibration_clips(dataset: str | None = None, *, split: str | None = None, split_file: str | None = None,
+                      config: str | None = None, audio_column: str = "audio", num_clips: int | None = None,
+                      seed: int = 0) -> tuple[list[Clip], str]:
+    """(clips, description) of one calibration dataset: a local folder (its split.json's `calibration` split when it
+    has one, unless `split` / `split_file` say otherwise) or a Hub dataset (`split`, default train). `split_file`: a
+    JSON file mapping split names to file names of the local folder (`split` picks the key, default calibration).
+    `num_clips`: that many, drawn with `seed` (a Hub dataset: through a seeded shuffle buffer)."""
+    import random
+
+    if num_clips is not None and num_clips < 1:
+        raise ValueError(f"num_clips must be at least 1, got {num_clips}")
+    local = dataset is None or os.path.isdir(dataset)
+    folder = dataset or BUNDLED_CLIPS
+    files = None
+    if split_file:
+        if not local:
+            raise ValueError(f"a split file selects files of a local folder; {dataset} is a Hub dataset: use its split")
+        key = split or "calibration"
+        files, split = split_files(split_file, key), None
+        used = f"split file {os.path.basename(split_file)} [{key}]"
+    else:
+        if local and split is None and os.path.exists(os.path.join(folder, "split.json")):
+            with open(os.path.join(folder, "split.json")) as f:
+                split = "calibration" if "calibration" in json.load(f) else None
+        used = split
+    if local:
+        clips = load_clips(folder, split=split, files=files)
+    else:
+        clips = load_clips(dataset, split=split or "train", config=config, audio_column=audio_column, limit=num_clips,
+                           shuffle_seed=seed if num_clips else None)
+        used = split or "train"
+    if num_clips and num_clips < len(clips):
+        clips = random.Random(seed).sample(clips, num_clips)
+    name = "liteasr_hf shipped clips" if dataset is None else dataset
+    return clips, name + (f" [{used}]" if used else "")

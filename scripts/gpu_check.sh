@@ -9,7 +9,7 @@
 #   (default openai/whisper-large-v3; offline, any Whisper tokenizer folder will do).
 #
 # Files in $OUT: env.txt, tests.log, calibrate_large-v3.json, encoder_c.json, encoder_qk32.json,
-# encoder_qk32_core_on_sdpa.json, core.json, compile.json, and the full log (everything this script prints), all.log.
+# encoder_qk32_core_on_sdpa.json, core.json, e2e_large-v3-turbo.json, compile.json, and the full log (everything this script prints), all.log.
 # Every model here has random weights: speed, time and memory figures, never accuracy.
 set -u
 OUT=${OUT:-outputs/gpu}
@@ -41,8 +41,7 @@ RANDOM_MODEL=/tmp/whisper-${CALIBRATION_SHAPE:-large-v3}-random
 timeout 90 python3 - "$RANDOM_MODEL" "${TOKENIZER:-openai/whisper-large-v3}" "${CALIBRATION_SHAPE:-large-v3}" <<'EOF'
 import sys, torch
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
-sys.path.insert(0, "scripts")
-from benchmark import MODELS
+from liteasr_hf.cli.benchmark import MODELS
 
 out, tokenizer, shape = sys.argv[1:]
 d, layers, heads, mels = MODELS[shape]  # Whisper's decoder has the encoder's width and depth
@@ -72,6 +71,10 @@ LITEASR_ATTENTION=reference timeout 40 $BENCH $QK32 --modes cuda-graph --json "$
 
 stage "attention core: Triton kernel vs SDPA (flash), B=8 H=20 T=1500"
 timeout 90 $BENCH --skip-encoder --core-ranks 16 32 48 64 96 --json "$OUT/core.json"
+
+stage "end to end (issue 22): random large-v3-turbo weights, 64 tokens per clip, shipped clips' lengths, batch 8; dense vs lite, full vs dynamic context, CUDA graph per bucket"
+timeout 150 python3 scripts/benchmark_e2e.py --random-shape large-v3-turbo --tokens 64 --batch 8 --rounds 2 \
+    --split calibration --json "$OUT/e2e_large-v3-turbo.json"
 
 stage "encoder, c-like ranks, torch.compile (regional: one graph per layer shape), batch 1 and 8"
 timeout 100 $BENCH --ranks c-like --batch 1 8 --modes compile --no-naive --core-ranks --json "$OUT/compile.json"

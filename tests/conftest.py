@@ -1,4 +1,4 @@
-"""Shared fixtures: the bundled real tiny.en, the speech-dev set, a tiny random Whisper config."""
+"""Shared fixtures: the bundled real tiny.en and the speech-dev set (tiny random models: modeling_utils.py)."""
 
 import os
 
@@ -32,20 +32,15 @@ def speech_dev() -> str:
     return os.path.abspath(SPEECH_DEV)
 
 
-def tiny_whisper_config(**overrides):
-    """A tiny random-init-sized WhisperConfig with the real .en vocabulary (51864) and 30 s input (1500 positions)."""
-    from transformers import WhisperConfig
-
-    kwargs = dict(
-        vocab_size=51864, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_source_positions=1500, max_target_positions=448,
-        decoder_start_token_id=50257, bos_token_id=50256, eos_token_id=50256, pad_token_id=50256,
-    )
-    kwargs.update(overrides)
-    return WhisperConfig(**kwargs)
-
-
 @pytest.fixture
-def make_tiny_whisper_config():
-    return tiny_whisper_config
+def kernel_calls(monkeypatch):
+    """Records, in order, "op" for each call of the liteasr::attention_core op by ``attention_core`` (made only when
+    it picked the kernel) and "kernel" for each launch of the Triton kernel; both still run for real."""
+    from liteasr_hf.lite_whisper import attention_lite_whisper
+
+    calls = []
+    op, launch = attention_lite_whisper.attention_core_op, attention_lite_whisper.attention_core_triton
+    monkeypatch.setattr(attention_lite_whisper, "attention_core_op", lambda *a: calls.append("op") or op(*a))
+    monkeypatch.setattr(attention_lite_whisper, "attention_core_triton", lambda *a: calls.append("kernel") or launch(*a))
+    monkeypatch.delenv("LITEASR_ATTENTION", raising=False)
+    return calls

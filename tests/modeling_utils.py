@@ -14,6 +14,8 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from liteasr_hf.lite_whisper.configuration_lite_whisper import LOW_RANK_SHAPES, projection_path
+
 # 256 byte tokens, then Whisper's special tokens, then a few timestamp tokens.
 SPECIALS = [
     "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|fr|>", "<|translate|>", "<|transcribe|>",
@@ -26,6 +28,7 @@ SAMPLING_RATE = 16_000
 
 
 def tiny_config(**overrides) -> WhisperConfig:
+    """The tests' one tiny Whisper shape (1 s windows, byte vocabulary); overrides give the other sizes they need."""
     kwargs = dict(
         vocab_size=VOCAB_SIZE, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
@@ -49,6 +52,11 @@ def tiny_generation_config() -> GenerationConfig:
     )
 
 
+# The real English vocabulary's layout (51864 tokens), for tests of CTranslate2 conversion and special ids.
+REAL_EN_VOCAB = dict(vocab_size=51864, max_source_positions=1500, max_target_positions=448, decoder_start_token_id=50257,
+                     bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+
+
 def tiny_whisper(seed=0, dtype=torch.float32, **overrides) -> WhisperForConditionalGeneration:
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(tiny_config(**overrides)).to(dtype).eval()
@@ -62,7 +70,7 @@ def tiny_whisper(seed=0, dtype=torch.float32, **overrides) -> WhisperForConditio
 
 
 def module_name(layer, name):
-    return f"layers.{layer}.{'' if name in ('fc1', 'fc2') else 'self_attn.'}{name}"
+    return f"layers.{layer}.{projection_path(name)}"
 
 
 def exact_factors(model, low_rank_config):
@@ -88,8 +96,7 @@ def random_factors(model, low_rank_config, seed=1, scale=0.2):
     factors = {}
     for i, layer in enumerate(low_rank_config):
         for name, rank in layer.items():
-            d_in = config.encoder_ffn_dim if name == "fc2" else config.d_model
-            d_out = config.encoder_ffn_dim if name == "fc1" else config.d_model
+            d_in, d_out = LOW_RANK_SHAPES[name](config)
             dtype = next(model.parameters()).dtype
             factors[module_name(i, name)] = tuple(
                 torch.randn(*shape, generator=gen, dtype=torch.float64).mul(s).to(dtype)
@@ -98,10 +105,8 @@ def random_factors(model, low_rank_config, seed=1, scale=0.2):
     return factors
 
 
-def full_ranks(config, names=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")):
-    sizes = {"fc1": (config.d_model, config.encoder_ffn_dim), "fc2": (config.encoder_ffn_dim, config.d_model)}
-    return [{n: min(sizes.get(n, (config.d_model, config.d_model))) for n in names}
-            for _ in range(config.encoder_layers)]
+def full_ranks(config, names=tuple(LOW_RANK_SHAPES)):
+    return [{n: min(LOW_RANK_SHAPES[n](config)) for n in names} for _ in range(config.encoder_layers)]
 
 
 def tiny_processor(out_dir) -> WhisperProcessor:
@@ -125,3 +130,16 @@ def tiny_processor(out_dir) -> WhisperProcessor:
 def tiny_audio(seed=0, seconds=0.8):
     gen = torch.Generator().manual_seed(seed)
     return (torch.randn(int(seconds * SAMPLING_RATE), generator=gen) * 0.1).numpy()
+
+
+# Log-mel tests that skip the feature extractor: 16 mel bins, 120 mel frames (60 encoder frames, 1.2 s).
+SMALL_MELS = dict(num_mel_bins=16, max_source_positions=60, encoder_ffn_dim=256)
+
+
+def tiny_features(n=6, seed=1):
+    """(log-mels [n, 16, 120], real-audio encoder frames [n]): random frames, then a constant "padding" tail."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(n, 16, 120, generator=g)
+    real = torch.randint(10, 40, (n,), generator=g)
+    feats[:, :, 1:][torch.arange(120 - 1)[None, None, :].expand(n, 16, -1) >= 2 * real[:, None, None]] = -1.0
+    return feats, real

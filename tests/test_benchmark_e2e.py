@@ -1,4 +1,4 @@
-"""scripts/benchmark_e2e.py on real tiny.en and three shipped clips: every row runs and scores (no timing asserts)."""
+"""`liteasr-hf benchmark-e2e` on real tiny.en and three shipped clips: every row runs and scores (no timing asserts)."""
 
 import json
 import os
@@ -9,6 +9,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
+# The installed command (`pip install -e .`), beside this interpreter; scripts/benchmark_e2e.py wraps the same module.
+BENCHMARK_E2E = [os.path.join(os.path.dirname(sys.executable), "liteasr-hf"), "benchmark-e2e"]
 
 
 @pytest.mark.slow
@@ -16,11 +18,11 @@ def test_end_to_end_rows_against_dense(tmp_path, tiny_en_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("TRITON_INTERPRET", None)
     lite = tmp_path / "lite"
-    run = lambda *a: subprocess.run([sys.executable, *a], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    out = run(os.path.join(SCRIPTS, "calibrate.py"), "--model", "bundled/whisper-tiny.en", "--context-only", "--output-dir", str(lite))
+    run = lambda *a: subprocess.run(list(a), env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = run(sys.executable, os.path.join(SCRIPTS, "calibrate.py"), "--model", "bundled/whisper-tiny.en", "--context-only", "--output-dir", str(lite))
     assert out.returncode == 0, out.stderr[-3000:]
     result = tmp_path / "e2e.json"
-    out = run(os.path.join(SCRIPTS, "benchmark_e2e.py"), "--dense", "bundled/whisper-tiny.en", "--lite", str(lite),
+    out = run(*BENCHMARK_E2E, "--dense", "bundled/whisper-tiny.en", "--lite", str(lite),
               "--rows", "dense/fp32/full", "lite/bf16/dynamic", "lite/cpu/dynamic", "--batch", "1", "2", "--limit", "3",
               "--rounds", "1", "--json", str(result))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -30,7 +32,7 @@ def test_end_to_end_rows_against_dense(tmp_path, tiny_en_path):
     try:
         import faster_whisper  # noqa: F401
 
-        want.add("faster-whisper int8 b1")
+        want |= {"faster-whisper int8 b1", "faster-whisper int8 b2"}  # b2: CTranslate2's batch API
     except ImportError:
         pass
     assert set(rows) == want
@@ -39,14 +41,64 @@ def test_end_to_end_rows_against_dense(tmp_path, tiny_en_path):
         assert r["wall_s"] > 0 and len(r["texts"]) == 3 and all(r["texts"]) and 0 <= r["wer"] < 0.5, r["row"]
         assert r["delta_wer"].startswith(("+", "-")) and "(" in r["delta_wer"]  # with its paired interval
         assert r["row"].startswith("faster") or 0 < r["encoder_share"] < 1
+    if "faster-whisper int8 b2" in rows:  # the batched peer decodes as the one-at-a-time one does (same windows, greedy)
+        from liteasr_hf.evaluation.wer import normalize
+
+        assert [normalize(t) for t in rows["faster-whisper int8 b2"]["texts"]] == [normalize(t) for t in rows["faster-whisper int8 b1"]["texts"]]
     assert data["settings"]["buckets"] == [10.0, 15.0, 20.0] and data["settings"]["clips"] == 3
     assert "| dense/fp32/full b1 generate |" in out.stdout
 
 
 def test_bad_row_is_named(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(SCRIPTS, "benchmark_e2e.py"), "--rows", "dense/int4/full"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run([*BENCHMARK_E2E, "--rows", "dense/int4/full"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "dense/int4/full" in out.stderr
-    out = subprocess.run([sys.executable, os.path.join(SCRIPTS, "benchmark_e2e.py"), "--rows", "lite/fp32/full"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run([*BENCHMARK_E2E, "--rows", "lite/fp32/full"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "needs --lite" in out.stderr
+
+
+def test_random_shape_rows(tmp_path):
+    """--random-shape: random weights of a model's shapes, fixed tokens per clip, dense/lite x full/dynamic rows."""
+    result = tmp_path / "random.json"
+    out = subprocess.run([*BENCHMARK_E2E, "--random-shape", "tiny", "--tokens", "3", "--batch", "2", "--limit", "3",
+                          "--rounds", "1", "--device", "cpu", "--json", str(result)], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(result.read_text())
+    assert [r["row"] for r in data["results"]] == ["dense full b2", "dense dynamic b2", "lite full b2", "lite dynamic b2"]
+    assert all(r["wall_s"] > 0 for r in data["results"]) and data["results"][0]["speedup"] == 1.0
+    assert data["settings"]["tokens"] == 3 and data["settings"]["shape"] == "tiny"
+    bad = subprocess.run([*BENCHMARK_E2E, "--random-shape", "huge"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "huge" in bad.stderr
+
+
+def test_fixed_tokens_and_graphed_encoder():
+    """Every clip decodes exactly the tokens asked for; the encoder split into its context step and its shape-static
+    step (what a CUDA graph captures) gives the forward's output, and on CUDA the replayed graph gives it too."""
+    import numpy as np
+    import torch
+    from transformers import WhisperFeatureExtractor
+
+    from liteasr_hf.cli.benchmark import rank_profile
+    from liteasr_hf.evaluation.random_e2e import CUDAGraphEncoder, random_lite, random_whisper
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rng = np.random.default_rng(0)
+    audios = [0.1 * rng.standard_normal(int(16_000 * s)).astype(np.float32) for s in (2.0, 7.5)]
+    fe = WhisperFeatureExtractor(feature_size=80)
+    for device in devices:
+        dense = random_whisper("tiny", device)
+        lite = random_lite(dense, rank_profile("fraction:0.5", dense.config))
+        lite.config.encoder_context_buckets = [10.0, 15.0, 20.0]
+        feats = fe(audios, sampling_rate=16_000, return_tensors="pt", return_attention_mask=True)
+        x, mask = feats.input_features.to(device), feats.attention_mask.to(device)
+        with torch.no_grad():
+            out = lite.generate(x, attention_mask=mask, min_new_tokens=5, max_new_tokens=5)
+            # eos is suppressed until the 5th new token, so no row ends early and pads (random weights end soon)
+            assert (out[:, -5:] != lite.generation_config.eos_token_id).all(), out
+            want = lite.get_encoder()(x, attention_mask=mask).last_hidden_state
+            assert want.shape[1] == 500  # the 10 s bucket: 7.5 s + 1 s margin
+            with CUDAGraphEncoder(lite.get_encoder()) as graphs:
+                for _ in range(2):  # capture, then replay
+                    got = lite.get_encoder()(x, attention_mask=mask).last_hidden_state
+                    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # same kernels, same order
+            assert (len(graphs.graphs) == 1) == (device == "cuda")

@@ -1,7 +1,7 @@
 """End to end on the real tiny.en (bundled, offline): calibrate on a few shipped clips, compress, transcribe;
-and scripts/calibrate.py itself: the no-argument job, resume from statistics, errors, Hub push offline."""
+and the calibrate command itself (`liteasr-hf calibrate`, `scripts/calibrate.py`): the default job, resume from
+statistics, errors, Hub push offline."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,20 +11,19 @@ import pytest
 import torch
 
 from liteasr_hf.audio import load_clips
-from liteasr_hf.calibration.compress import build_lite_model, encoder_size, factorize, linear_dims, spectra
-from liteasr_hf.calibration.ranks import preset_thetas, theta_ranks
-from liteasr_hf.calibration.stats import collect
+from liteasr_hf.calibration.factors import build_lite_model, factorize
+from liteasr_hf.calibration.ranks import encoder_size, linear_dims, preset_thetas, theta_ranks
+from liteasr_hf.calibration.stats import collect, spectra
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "calibrate.py")
 pytestmark = pytest.mark.slow
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("calibrate_script", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def calibrate_main(argv):
+    from liteasr_hf.cli.calibrate import main
+
+    return main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +84,7 @@ def test_near_one_theta_gives_dense_tokens(tiny_en, tiny_stats, eval_clips):
     model, processor, _ = tiny_en
     clips, ref, _ = eval_clips
     lite, (size, dense) = compress(model, tiny_stats, 0.99999, 0.99999)
-    assert size <= dense
+    assert sum(p.numel() for p in lite.get_encoder().parameters()) == size  # the size accounting is the built model's
     out, _ = transcribe(lite, processor, clips[:1])  # JFK
     eos = model.generation_config.eos_token_id
 
@@ -105,7 +104,9 @@ def test_quality_preset_size_and_wer(tiny_en, tiny_stats, eval_clips):
     assert lite_encoder == size
     refs = [c.text for c in clips]
     dense_wer, lite_wer = wer(refs, dense_texts), wer(refs, transcribe(lite, processor, clips)[1])
-    assert lite_wer <= dense_wer + 0.15, (lite_wer, dense_wer)
+    # Measured: 1.75 % against 0.00 % (2 words of the 4 clips' ~114). The quality preset keeps 99.9 % of every linear's
+    # variance; 3.5 points (4 words) is twice what it costs here, far below what a broken factorization costs (> 50).
+    assert lite_wer <= dense_wer + 0.035, (lite_wer, dense_wer)
 
 
 def run_script(args, cwd, env=None):
@@ -113,9 +114,9 @@ def run_script(args, cwd, env=None):
     return subprocess.run([sys.executable, SCRIPT, "--no-progress", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_no_argument_job(tmp_path):
-    """The main job with no options (on tiny.en here; `make demo` runs base). --no-progress only quiets logs."""
-    r = run_script([], tmp_path, {"LITEASR_DEMO_MODEL": "bundled/whisper-tiny.en"})
+def test_default_job(tmp_path):
+    """The main job with default options (on tiny.en here; `make demo` runs base). --no-progress only quiets logs."""
+    r = run_script(["--model", "bundled/whisper-tiny.en"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "outputs" / "lite-whisper-tiny.en-size80"
     for f in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md", "calibration.json"):
@@ -211,7 +212,7 @@ def test_every_step_runs_on_the_device(device, recipe, tmp_path, monkeypatch):
 
     monkeypatch.setattr(refine_module, "refine", spy)
     out = tmp_path / "lite"
-    code = load_script().main(tiny_dense_and_audio(tmp_path) + ["--device", device, "--output-dir", str(out)] + RECIPES[recipe])
+    code = calibrate_main(tiny_dense_and_audio(tmp_path) + ["--device", device, "--output-dir", str(out)] + RECIPES[recipe])
     assert code == 0
     info = json.loads((out / "calibration.json").read_text())
     assert info["calibration"]["device"] == device and info["calibration"]["windows"] == 6
@@ -231,7 +232,7 @@ def test_two_processes_give_the_checkpoint_of_one(tmp_path):
 
     args = tiny_dense_and_audio(tmp_path) + ["--device", "cpu", "--target-size", "0.8", "--refine-steps", "3"]
     one, two = tmp_path / "one", tmp_path / "two"
-    assert load_script().main(args + ["--output-dir", str(one)]) == 0
+    assert calibrate_main(args + ["--output-dir", str(one)]) == 0
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT,
                         *args, "--output-dir", str(two)], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -249,12 +250,11 @@ def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_pat
     """Reuse saved statistics (no audio pass: their windows are already counted) for a target size reached in two
     stages, each refined two steps; the push then fails offline with exit code 3 after the folder is complete."""
     _, _, path = tiny_en
-    script = load_script()
     stats, split = tmp_path / "stats.safetensors", tmp_path / "split.json"
     tiny_stats.save(str(stats))
     split.write_text(json.dumps({"calibration": CAL_FILES}))
     out = tmp_path / "b"
-    code = script.main(["--model", path, "--split-file", str(split), "--resume-stats", str(stats), "--target-size", "0.75", "--stages", "0.9",
+    code = calibrate_main(["--model", path, "--split-file", str(split), "--resume-stats", str(stats), "--target-size", "0.75", "--stages", "0.9",
                         "--refine-steps", "2", "--refine-warmup", "1", "--output-dir", str(out), "--push-to-hub", "someone/lite-test", "--no-progress"])
     assert code == 3
     info = json.loads((out / "calibration.json").read_text())
@@ -266,17 +266,107 @@ def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_pat
                 ["--refine-steps", "-1"], ["--refine-warmup", "-1"], ["--stages", "0.7"], ["--stages", "1.0"],
                 ["--stages", "0.7", "0.9", "--target-size", "0.5"], ["--stages", "0.9", "--preset", "fast"],
                 ["--stages", "0.9", "--sequential", "dense"], ["--split-file", str(tmp_path / "nope.json")],
-                ["--resume-stats", str(tmp_path / "nope.safetensors")]):
-        with pytest.raises(SystemExit):
-            script.parse_args(bad)
-    with pytest.raises(SystemExit, match="already a LiteASR"):
-        script.main(["--model", str(out), "--no-progress"])
+                ["--resume-stats", str(tmp_path / "nope.safetensors")], ["--preset", "fast", "--target-size", "0.7"],
+                ["--context-buckets", "40"], ["--context-buckets", "15", "10"], ["--context-margin", "-1"],
+                ["--refine-context"], ["--padding-weight", "some"]):
+        with pytest.raises(SystemExit) as e:  # argparse's exit, before the model loads
+            calibrate_main(["--model", str(tmp_path / "no-such-model"), *bad])
+        assert e.value.code == 2
+    with pytest.raises(ValueError, match="already a LiteASR"):
+        calibrate_main(["--model", str(out), "--no-progress"])
     # Named before any audio is read, so no calibration is lost to them.
     split.write_text("{calibration: [")
     with pytest.raises(ValueError, match=f"{split} is not valid JSON"):
-        script.main(["--model", path, "--split-file", str(split), "--output-dir", str(tmp_path / "c"), "--no-progress"])
+        calibrate_main(["--model", path, "--split-file", str(split), "--output-dir", str(tmp_path / "c"), "--no-progress"])
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="cannot create the output folder"):
-        script.main(["--model", path, "--output-dir", str(tmp_path / "file" / "out"), "--no-progress"])
+        calibrate_main(["--model", path, "--output-dir", str(tmp_path / "file" / "out"), "--no-progress"])
 
 
+
+
+def test_killed_calibration_resumes_without_losing_a_window(tmp_path):
+    """A calibration SIGKILLed mid-pass keeps every window it saved (saves are atomic: never a truncated file), and
+    --resume-stats ends with the statistics of an uninterrupted run."""
+    import signal
+    import time
+
+    import soundfile as sf
+    from safetensors import safe_open
+
+    from liteasr_hf.calibration.stats import CalibrationStats
+    from modeling_utils import tiny_audio, tiny_processor, tiny_whisper
+
+    model_dir, audio_dir = tmp_path / "dense", tmp_path / "audio"
+    tiny_whisper().save_pretrained(model_dir)
+    tiny_processor(tmp_path / "vocab").save_pretrained(model_dir)
+    audio_dir.mkdir()
+    n = 120
+    for i in range(n):
+        sf.write(audio_dir / f"clip{i:03d}.wav", tiny_audio(seed=i), 16_000)
+    common = ["--model", str(model_dir), "--dataset", str(audio_dir), "--batch-size", "1", "--no-progress", "--probe-clips", "2"]
+    killed = tmp_path / "killed.safetensors"
+    proc = subprocess.Popen([sys.executable, SCRIPT, *common, "--save-stats", str(killed), "--save-every", "1",
+                             "--output-dir", str(tmp_path / "never")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = 0
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if killed.exists():
+                try:
+                    with safe_open(str(killed), framework="pt") as f:
+                        seen = len(json.loads(f.metadata()["seen"]))
+                except Exception:  # replaced while being read: try again
+                    pass
+                if seen >= 3:
+                    break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    partial = CalibrationStats.load(str(killed))  # loads: the last save completed
+    assert 3 <= len(partial.seen) < n, len(partial.seen)  # killed mid-pass, after some windows
+    resumed, full = tmp_path / "resumed", tmp_path / "full"
+    assert calibrate_main([*common, "--resume-stats", str(killed), "--save-stats", str(killed), "--output-dir", str(resumed)]) == 0
+    assert calibrate_main([*common, "--save-stats", str(tmp_path / "full.safetensors"), "--output-dir", str(full)]) == 0
+    a, b = CalibrationStats.load(str(killed)), CalibrationStats.load(str(tmp_path / "full.safetensors"))
+    assert sorted(a.seen) == sorted(b.seen) and len(a.seen) == n and set(partial.seen) <= set(a.seen)
+    for name, s in b.linears.items():  # same windows, one at a time in both: only the float64 summation order differs
+        for part in ("real", "pad"):
+            assert a[name].count[part] == s.count[part]
+            torch.testing.assert_close(a[name].gram[part], s.gram[part], rtol=1e-9, atol=1e-9)
+    infos = [json.loads((d / "calibration.json").read_text()) for d in (resumed, full)]
+    assert infos[0]["ranks"] == infos[1]["ranks"]
+
+
+def test_hub_push_uploads_the_complete_folder(tmp_path, monkeypatch, capsys):
+    """The push's success path against a local stand-in of the Hub API: the repo is created as asked, and what is
+    uploaded is the finished checkpoint folder, whose model card names the repo in its loading code."""
+    import shutil
+
+    import huggingface_hub
+
+    hub = tmp_path / "hub"
+    calls = {}
+
+    def create_repo(repo_id, private=False, token=None, exist_ok=False, repo_type=None):
+        calls["create"] = dict(repo_id=repo_id, private=private, token=token, exist_ok=exist_ok, repo_type=repo_type)
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(repo_id, folder_path, token=None, commit_message=None):
+        calls["upload"] = dict(repo_id=repo_id, token=token, commit_message=commit_message)
+        shutil.copytree(folder_path, hub / repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    out = tmp_path / "lite"
+    code = calibrate_main(tiny_dense_and_audio(tmp_path) + ["--output-dir", str(out), "--push-to-hub", "someone/lite-test",
+                                                            "--private", "--token", "hf_test"])
+    assert code == 0 and "pushed to https://huggingface.co/someone/lite-test" in capsys.readouterr().out
+    assert calls["create"] == dict(repo_id="someone/lite-test", private=True, token="hf_test", exist_ok=True, repo_type="model")
+    assert calls["upload"]["repo_id"] == "someone/lite-test" and calls["upload"]["token"] == "hf_test"
+    uploaded = hub / "someone" / "lite-test"
+    assert sorted(p.name for p in uploaded.iterdir()) == sorted(p.name for p in out.iterdir())
+    for name in ("model.safetensors", "config.json", "calibration.json", "modeling_lite_whisper.py"):
+        assert (uploaded / name).read_bytes() == (out / name).read_bytes()
+    assert 'from_pretrained("someone/lite-test"' in (uploaded / "README.md").read_text()

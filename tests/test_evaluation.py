@@ -150,10 +150,14 @@ def test_two_processes_score_what_one_scores(tmp_path):
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "evaluate.py")
-    args = [script, "--model", "bundled/whisper-tiny.en", "--device", "cpu", "--worst", "0"]
+    # One process through the installed `liteasr-hf evaluate`, two through the checkout's wrapper under torchrun (as
+    # `accelerate launch scripts/evaluate_wer.py` runs it): the same command either way.
+    liteasr = os.path.join(os.path.dirname(sys.executable), "liteasr-hf")
+    wrapper = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "evaluate_wer.py")
+    args = ["--model", "bundled/whisper-tiny.en", "--device", "cpu", "--worst", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = {1: [sys.executable], 2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]}
+    runs = {1: [liteasr, "evaluate"],
+            2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", wrapper]}
     out = {}
     for n, launcher in runs.items():
         path = tmp_path / f"{n}.json"
@@ -178,8 +182,6 @@ def test_other_languages_use_the_basic_normalizer_and_cjk_is_scored_per_characte
 
 def test_groups_by_language_and_transcribes_each_clip_in_its_language(tmp_path, monkeypatch):
     """A multilingual model is asked for each clip's own language; the table has a row per language."""
-    import shutil
-
     import soundfile as sf
 
     from liteasr_hf.evaluation import run
@@ -192,7 +194,7 @@ def test_groups_by_language_and_transcribes_each_clip_in_its_language(tmp_path, 
     assert [(g, [c.id for c in clips]) for g, clips in groups] == [("de", ["a.flac", "c.flac"]), ("fr", ["b.flac"])]
     asked = []
 
-    def fake_transcribe(model, processor, audios, batch_size, **gen):
+    def fake_transcribe(model, processor, audios, batch_size, long_form="sequential", **gen):
         asked.append((gen.get("language"), len(audios)))
         return ["hallo welt" if gen.get("language") == "de" else "bonjour"] * len(audios), [False] * len(audios)
 

@@ -1,8 +1,10 @@
 """The Triton attention-core kernel against the PyTorch reference.
 
 CPU: the kernel runs in Triton's interpreter, which needs TRITON_INTERPRET=1 in the environment before
-triton is imported (``make test`` sets it); without it these tests skip. GPU: full encoder shapes,
-skipped without CUDA (run with ``make test TRITON_INTERPRET=0`` on a GPU machine).
+triton is imported (``make test`` sets it); without it these tests skip. The interpreter only makes the kernel
+runnable on the CPU: ``attention_core`` takes it there only when asked (``kernel="triton"``), its default "auto"
+runs the reference on the CPU. GPU: full encoder shapes, skipped without CUDA (run with
+``make test TRITON_INTERPRET=0`` on a GPU machine).
 
 Tolerance (FlashAttention's rule): the kernel's max-abs error against a high-precision reference
 (float64 on the same inputs) must be at most twice the error of PyTorch's own attention in the same
@@ -15,15 +17,20 @@ attention with bf16 intermediates).
 """
 
 import os
+import re
 
 import pytest
 import torch
 
+from liteasr_hf.lite_whisper import attention_lite_whisper
 from liteasr_hf.lite_whisper.attention_lite_whisper import (
+    KERNELS,
     attention_core,
     attention_core_op,
     attention_core_reference,
     kernel_available,
+    kernel_unavailable_reason,
+    use_kernel,
 )
 from liteasr_hf.lite_whisper.triton_attention_lite_whisper import (
     HAS_TRITON,
@@ -134,12 +141,101 @@ def test_autotune_space_pruned_to_register_budget(dv, tq, kept):
     assert all(c.kwargs["BLOCK_M"] * tile <= 128 * 32 * c.num_warps for c in configs)
 
 
-def test_reference_path_without_kernel(monkeypatch):
-    """LITEASR_ATTENTION=reference (and any machine without the kernel) gives the reference exactly."""
-    monkeypatch.setenv("LITEASR_ATTENTION", "reference")
+def test_auto_on_cpu_is_the_reference_even_under_the_interpreter(kernel_calls):
+    """The default "auto" never takes the kernel on the CPU, whatever TRITON_INTERPRET says (the suite sets it): the
+    result is the reference's exactly, and neither the op nor the kernel runs."""
+    q, k, v, kb = make_inputs(1, 2, 17, 17, 16, 32, 1, 1, True, torch.float32)
+    assert not use_kernel(q, k, v, kb) and not kernel_available("cpu")
+    for out in (attention_core(q, k, v, kb), attention_core(q, k, v, kb, kernel="auto")):
+        torch.testing.assert_close(out, attention_core_reference(q, k, v, kb), rtol=0, atol=0)
+    torch.testing.assert_close(attention_core(q, k, v, kb, kernel="reference"), attention_core_reference(q, k, v, kb),
+                               rtol=0, atol=0)
+    assert kernel_calls == []
+
+
+@pytest.mark.parametrize("kernel", ["fast", "Triton", "", None, 1])
+def test_bad_kernel_choice_names_the_field(kernel):
     q, k, v, kb = make_inputs(1, 2, 9, 9, 16, 16, 1, 1, True, torch.float32)
-    assert not kernel_available("cpu")
+    with pytest.raises(ValueError, match="attention_kernel must be one of 'auto', 'triton', 'reference'"):
+        attention_core(q, k, v, kb, kernel=kernel)
+    assert KERNELS == ("auto", "triton", "reference")
+
+
+def test_bad_environment_override_names_the_variable(monkeypatch):
+    q, k, v, kb = make_inputs(1, 2, 9, 9, 16, 16, 1, 1, True, torch.float32)
+    monkeypatch.setenv("LITEASR_ATTENTION", "sdpa")
+    with pytest.raises(ValueError, match="LITEASR_ATTENTION must be one of"):
+        attention_core(q, k, v, kb)
+    attention_core(q, k, v, kb, kernel="reference")  # an explicit choice does not read it
+
+
+@pytest.mark.parametrize(
+    "has_triton, interpreted, device, message",
+    [
+        (False, True, "cpu", "attention_kernel='triton' needs triton, which is not installed"),
+        (True, False, "cpu", "attention_kernel='triton' on CPU needs TRITON_INTERPRET=1 set before triton is imported"),
+        (True, True, "cuda", "on CUDA needs TRITON_INTERPRET unset"),
+        (True, False, "meta", "not on meta"),
+    ],
+)
+def test_triton_where_it_cannot_run_says_why(monkeypatch, kernel_calls, has_triton, interpreted, device, message):
+    """Simulated: no triton, a CPU without the interpreter, CUDA under the interpreter, another device. "triton"
+    raises (before looking at shapes or gradients); "auto" quietly takes the reference."""
+    monkeypatch.setattr(attention_lite_whisper, "HAS_TRITON", has_triton)
+    monkeypatch.setattr(attention_lite_whisper, "interpreter_enabled", lambda: interpreted)
+    assert message.split("'triton' ")[-1] in kernel_unavailable_reason(device)
+    assert not kernel_available(device, "triton") and not kernel_available(device)
+    if device == "cuda":
+        return  # no CUDA tensors here: the device-level answer above is what use_kernel consults
+    q, k, v, kb = make_inputs(1, 2, 9, 9, 16, 16, 1, 1, True, torch.float32, device=device)
+    with pytest.raises(ValueError, match=message):
+        attention_core(q, k, v, kb, kernel="triton")
+    with pytest.raises(ValueError, match=message):
+        attention_core(q[..., :8], k[..., :8], v, kb, kernel="triton")  # a shape it would not take: still an error
+    if device == "cpu":
+        torch.testing.assert_close(attention_core(q, k, v, kb), attention_core_reference(q, k, v, kb), rtol=0, atol=0)
+        monkeypatch.setenv("LITEASR_ATTENTION", "triton")  # "triton" from the override: the message names it
+        expected = f"LITEASR_ATTENTION=triton (environment) {kernel_unavailable_reason(device)}"
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            attention_core(q, k, v, kb)
+    assert kernel_calls == []
+
+
+def test_environment_override_replaces_auto_only(monkeypatch):
+    """LITEASR_ATTENTION decides for "auto" and nothing else. On CUDA (simulated: triton present, no interpreter),
+    "auto" takes the kernel unless the override says reference; an explicit "triton" / "reference" always wins."""
+    monkeypatch.setattr(attention_lite_whisper, "HAS_TRITON", True)
+    monkeypatch.setattr(attention_lite_whisper, "interpreter_enabled", lambda: False)
+    expect = {  # (LITEASR_ATTENTION, kernel) -> kernel on CUDA?
+        (None, "auto"): True, ("reference", "auto"): False, ("auto", "auto"): True, ("triton", "auto"): True,
+        ("reference", "triton"): True, ("Reference", "triton"): True, ("triton", "reference"): False,
+    }
+    for (env, kernel), want in expect.items():
+        if env is None:
+            monkeypatch.delenv("LITEASR_ATTENTION", raising=False)
+        else:
+            monkeypatch.setenv("LITEASR_ATTENTION", env)
+        assert kernel_available("cuda", kernel) == want, (env, kernel)
+        assert not kernel_available("cpu", kernel) or kernel == "triton"
+
+
+@needs_interpreter
+def test_environment_override_on_cpu_under_interpreter(monkeypatch, kernel_calls):
+    """The real dispatch: LITEASR_ATTENTION=triton turns "auto" into the kernel on the interpreted CPU, an explicit
+    "reference" overrides that; LITEASR_ATTENTION=reference leaves an explicit "triton" on the kernel."""
+    q, k, v, kb = make_inputs(1, 2, 17, 17, 16, 32, 1, 1, True, torch.float32)
+    monkeypatch.setenv("LITEASR_ATTENTION", "triton")
+    attention_core(q, k, v, kb)
+    assert kernel_calls == ["op", "kernel"]
+    kernel_calls.clear()
+    torch.testing.assert_close(attention_core(q, k, v, kb, kernel="reference"), attention_core_reference(q, k, v, kb),
+                               rtol=0, atol=0)
+    assert kernel_calls == []
+    monkeypatch.setenv("LITEASR_ATTENTION", "reference")
     torch.testing.assert_close(attention_core(q, k, v, kb), attention_core_reference(q, k, v, kb), rtol=0, atol=0)
+    assert kernel_calls == []
+    attention_core(q, k, v, kb, kernel="triton")
+    assert kernel_calls == ["op", "kernel"]
 
 
 @pytest.mark.parametrize("dqk,dv", [(48, 64), (64, 32), (32, 32)])
@@ -158,12 +254,15 @@ def test_cpu_reference_is_attention_on_the_fused_sdpa_kernel(dqk, dv):
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ran and "aten::_scaled_dot_product_attention_math" not in ran, ran
 
 
-def test_gradient_goes_through_reference():
-    """The kernel has no backward: with requires_grad the dispatcher uses the (differentiable) reference."""
+@pytest.mark.parametrize("kernel", ["auto", pytest.param("triton", marks=needs_interpreter)])
+def test_gradient_goes_through_reference(kernel, kernel_calls):
+    """The kernel has no backward: with requires_grad the dispatcher uses the (differentiable) reference, also when
+    the kernel is asked for."""
     q, k, v, kb = make_inputs(1, 2, 9, 9, 16, 16, 1, 2, True, torch.float32)
     q.requires_grad_(True)
-    attention_core(q, k, v, kb).sum().backward()
+    attention_core(q, k, v, kb, kernel=kernel).sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
+    assert kernel_calls == []
 
 
 def test_fake_impl_shapes():
@@ -222,10 +321,22 @@ def test_kernel_strided_and_expanded_operands():
 
 
 @needs_interpreter
-def test_dispatch_uses_kernel_under_interpreter():
+def test_triton_choice_uses_kernel_under_interpreter(kernel_calls):
+    """kernel="triton" on the CPU under the interpreter goes through the op to the kernel: the result is the kernel's
+    bit for bit, and it meets the tolerance rule of the module docstring (FlashAttention's: at most twice PyTorch's
+    own fp32 error against a float64 reference, plus one ulp) against the reference."""
     q, k, v, kb = make_inputs(1, 2, 17, 17, 16, 32, 1, 1, True, torch.float32)
-    assert kernel_available("cpu")
-    torch.testing.assert_close(attention_core(q, k, v, kb), attention_core_triton(q, k, v, kb), rtol=0, atol=0)
+    assert kernel_available("cpu", "triton") and use_kernel(q, k, v, kb, kernel="triton")
+    out = attention_core(q, k, v, kb, kernel="triton")
+    assert kernel_calls == ["op", "kernel"]
+    torch.testing.assert_close(out, attention_core_triton(q, k, v, kb), rtol=0, atol=0)
+    check_fa_rule(out, q, k, v, kb)
+    # shapes the kernel does not take (feature size 24) still run the reference, without an error
+    kernel_calls.clear()
+    q24, k24 = q[..., :8].repeat(1, 1, 1, 3), k[..., :8].repeat(1, 1, 1, 3)
+    torch.testing.assert_close(attention_core(q24, k24, v, kb, kernel="triton"),
+                               attention_core_reference(q24, k24, v, kb), rtol=0, atol=0)
+    assert kernel_calls == []
 
 
 @needs_interpreter
@@ -239,8 +350,9 @@ def test_opcheck_custom_op():
 @needs_interpreter
 def test_compile_traces_custom_op():
     q, k, v, kb = make_inputs(1, 2, 17, 17, 16, 32, 1, 1, True, torch.float32)
-    eager = attention_core(q, k, v, kb)
-    compiled = torch.compile(lambda *a: attention_core(*a) * 2.0, fullgraph=True, backend="aot_eager")
+    eager = attention_core(q, k, v, kb, kernel="triton")
+    compiled = torch.compile(lambda *a: attention_core(*a, kernel="triton") * 2.0, fullgraph=True,
+                             backend="aot_eager")
     torch.testing.assert_close(compiled(q, k, v, kb), eager * 2.0, rtol=0, atol=0)
 
 
@@ -257,16 +369,17 @@ def test_kernel_full_shapes_gpu(rank, dtype):
     # rank-space k (shared), per-head v of head_dim 64; and rank-space v of the same rank; both with the key bias
     # (the encoder's case: q is low-rank) -- the shapes scripts/benchmark.py times, so they compile once
     q, k, v, kb = make_inputs(B, Hh, T, T, rank, 64, 1, Hh, True, dtype, device="cuda")
-    check_fa_rule(attention_core(q, k, v, kb), q, k, v, kb)
+    assert use_kernel(q, k, v, kb)  # the default "auto" takes the kernel on CUDA
+    check_fa_rule(attention_core(q, k, v, kb, kernel="triton"), q, k, v, kb)
     q, k, v, kb = make_inputs(B, Hh, T, T, rank, rank, 1, 1, True, dtype, device="cuda", seed=1)
-    check_fa_rule(attention_core(q, k, v, kb), q, k, v, kb)
+    check_fa_rule(attention_core(q, k, v, kb, kernel="triton"), q, k, v, kb)
 
 
 @pytest.mark.gpu
 @needs_cuda
 def test_kernel_fp32_gpu():
     q, k, v, kb = make_inputs(2, 4, 333, 333, 48, 80, 1, 4, True, torch.float32, device="cuda")
-    check_fa_rule(attention_core(q, k, v, kb), q, k, v, kb)
+    check_fa_rule(attention_core(q, k, v, kb, kernel="triton"), q, k, v, kb)
 
 
 @pytest.mark.gpu
@@ -301,7 +414,6 @@ def test_liteasr_matches_sdpa_on_real_tiny_en(tiny_en_path):
 
     from liteasr_hf import LiteWhisperForConditionalGeneration
     from liteasr_hf.audio import BUNDLED_CLIPS, decode
-    from liteasr_hf.lite_whisper import attention_lite_whisper
 
     dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_path).eval()
     processor = WhisperProcessor.from_pretrained(tiny_en_path)
@@ -317,11 +429,12 @@ def test_liteasr_matches_sdpa_on_real_tiny_en(tiny_en_path):
     audio = decode(os.path.join(BUNDLED_CLIPS, "jfk_inaugural_1961.flac"), "jfk")
     features = processor.feature_extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features
 
+    lite.config.attention_kernel = "triton"  # "auto" would take the reference on the CPU
     calls = []
     real_core = attention_lite_whisper.attention_core
 
     def spy(*args, **kwargs):
-        calls.append(kernel_available(args[0].device) and supported(*args[:3]))
+        calls.append(use_kernel(*args, **kwargs))
         return real_core(*args, **kwargs)
 
     tokens = {}
@@ -351,7 +464,8 @@ def test_encoder_liteasr_gpu(dtype):
     ranks = [dict(q_proj=32, k_proj=32, v_proj=48, out_proj=304, fc1=480, fc2=480),
              dict(q_proj=304, k_proj=304, v_proj=304, out_proj=304, fc1=480, fc2=480)]
     config = LiteWhisperConfig(d_model=1280, encoder_layers=2, encoder_attention_heads=20, encoder_ffn_dim=5120,
-                               decoder_layers=1, num_mel_bins=128, max_source_positions=1500, low_rank_config=ranks)
+                               decoder_layers=1, num_mel_bins=128, max_source_positions=1500, low_rank_config=ranks,
+                               attention_kernel="triton")
     torch.manual_seed(0)
     with torch.device("cuda"):
         encoder = LiteWhisperEncoder(config).eval().requires_grad_(False)

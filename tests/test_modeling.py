@@ -1,11 +1,16 @@
 """Lite-Whisper models in-process: config validation, from_whisper, rank-space attention, liteasr masks, generate."""
 
+import copy
+import json
+import os
+
 import pytest
 import torch
 
 import liteasr_hf
 from liteasr_hf import LiteWhisperConfig, LiteWhisperForConditionalGeneration, LowRankLinear
-from liteasr_hf.lite_whisper import modeling_lite_whisper
+from liteasr_hf.lite_whisper import attention_lite_whisper, configuration_lite_whisper, modeling_lite_whisper
+from liteasr_hf.lite_whisper.triton_attention_lite_whisper import HAS_TRITON, interpreter_enabled
 from modeling_utils import exact_factors, full_ranks, module_name, random_factors, tiny_config, tiny_whisper
 
 MIXED_RANKS = [  # head_dim is 16: ranks below it take the rank-space route, the 20s and dense sides do not
@@ -45,8 +50,45 @@ def test_config_validation_names_layer_and_key(low_rank_config, message):
 def test_config_defaults_dense_and_round_trips():
     config = LiteWhisperConfig(encoder_layers=3)
     assert config.model_type == "lite-whisper" and config.low_rank_config == [{}, {}, {}]
-    config = LiteWhisperConfig(low_rank_config=[{"fc1": 8}] * 4)
-    assert LiteWhisperConfig.from_dict(config.to_dict()).low_rank_config == [{"fc1": 8}] * 4
+    assert config.attention_kernel == "auto"
+    config = LiteWhisperConfig(low_rank_config=[{"fc1": 8}] * 4, attention_kernel="reference")
+    loaded = LiteWhisperConfig.from_dict(config.to_dict())
+    assert loaded.low_rank_config == [{"fc1": 8}] * 4 and loaded.attention_kernel == "reference"
+    # the published layout has no attention_kernel: it loads as "auto"
+    published = {k: v for k, v in config.to_dict().items() if k != "attention_kernel"}
+    assert LiteWhisperConfig.from_dict(published).attention_kernel == "auto"
+
+
+@pytest.mark.parametrize("value", ["fast", "Auto", "sdpa", None, 0])
+def test_config_rejects_bad_attention_kernel(value):
+    with pytest.raises(ValueError, match="attention_kernel must be one of 'auto', 'triton', 'reference'"):
+        LiteWhisperConfig(**tiny_kwargs(), attention_kernel=value)
+    config = LiteWhisperConfig(**tiny_kwargs())
+    with pytest.raises(ValueError, match="attention_kernel"):  # also when set later (as from_pretrained's kwargs are)
+        config.attention_kernel = value
+    assert config.attention_kernel == "auto"
+    # the config file repeats the attention module's list (it does not import it)
+    assert configuration_lite_whisper.ATTENTION_KERNELS == attention_lite_whisper.KERNELS
+
+
+def test_from_pretrained_takes_attention_kernel(tmp_path):
+    """attention_kernel is a run-time choice: from_pretrained(path, attention_kernel=...) sets it (config kwargs flow
+    through), a bad value is an error naming the field, and a config.json without it (published) loads as "auto"."""
+    dense = tiny_whisper()
+    ranks = [{"q_proj": 4}, {}]
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, ranks, random_factors(dense, ranks))
+    folder = str(tmp_path / "lite")
+    lite.save_pretrained(folder)
+    assert LiteWhisperForConditionalGeneration.from_pretrained(folder).config.attention_kernel == "auto"
+    loaded = LiteWhisperForConditionalGeneration.from_pretrained(folder, attention_kernel="reference")
+    assert loaded.config.attention_kernel == "reference"
+    with pytest.raises(ValueError, match="attention_kernel must be one of"):
+        LiteWhisperForConditionalGeneration.from_pretrained(folder, attention_kernel="cuda")
+    path = os.path.join(folder, "config.json")
+    config = json.load(open(path))
+    config.pop("attention_kernel", None)
+    json.dump(config, open(path, "w"))
+    assert LiteWhisperForConditionalGeneration.from_pretrained(folder).config.attention_kernel == "auto"
 
 
 def test_full_rank_exact_factors_reproduce_dense():
@@ -96,7 +138,7 @@ def test_rank_space_attention_matches_dense_attention(low_rank_config, monkeypat
     lite = LiteWhisperForConditionalGeneration.from_whisper(dense, low_rank_config, random_factors(dense, low_rank_config))
     calls, fused = [], []
     core = modeling_lite_whisper.attention_core
-    monkeypatch.setattr(modeling_lite_whisper, "attention_core", lambda *a: calls.append(a) or core(*a))
+    monkeypatch.setattr(modeling_lite_whisper, "attention_core", lambda *a, **kw: calls.append(a) or core(*a, **kw))
     operands = modeling_lite_whisper.LiteWhisperAttention.attention_operands
     monkeypatch.setattr(modeling_lite_whisper.LiteWhisperAttention, "attention_operands",
                         lambda self, x: fused.append(x) or operands(self, x))
@@ -228,3 +270,92 @@ def test_auto_classes_registered():
     for auto in (AutoModel, AutoModelForSpeechSeq2Seq):
         assert type(auto.from_config(config)) is LiteWhisperForConditionalGeneration
     assert {"LiteWhisperConfig", "LiteWhisperForConditionalGeneration", "save_lite_checkpoint"} <= set(liteasr_hf.__all__)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The attention core's implementation choice (config.attention_kernel) through the model
+
+needs_interpreter = pytest.mark.skipif(
+    not (HAS_TRITON and interpreter_enabled()),
+    reason="needs triton and TRITON_INTERPRET=1 set before triton is imported (`make test`)",
+)
+# head_dim 32 (2 heads of d_model 64), ranks 16: rank-space operands of feature size 16, ones the kernel takes.
+# Layer 0: q/k and v in rank space (r 16, v 16, key bias); layer 1: q/k in rank space beside a dense v (32 per head).
+KERNEL_RANKS = [{"q_proj": 16, "k_proj": 16, "v_proj": 16}, {"q_proj": 16, "k_proj": 16}]
+
+
+def kernel_shaped_lite():
+    dense = tiny_whisper(encoder_attention_heads=2)
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, KERNEL_RANKS, random_factors(dense, KERNEL_RANKS))
+    lite.set_attn_implementation("liteasr")
+    return lite
+
+
+def encode(lite, kernel, x):
+    lite.config.attention_kernel = kernel
+    with torch.no_grad():
+        return lite.model.encoder(x).last_hidden_state
+
+
+def test_auto_attention_kernel_is_the_reference_on_cpu(kernel_calls):
+    """The default "auto" runs the PyTorch reference on the CPU even with TRITON_INTERPRET=1 (the suite sets it): no
+    op call, no kernel launch, and the encoder output equals attention_kernel="reference"'s bit for bit."""
+    lite = kernel_shaped_lite()
+    assert lite.config.attention_kernel == "auto"
+    x = mel()
+    auto = encode(lite, "auto", x)
+    assert kernel_calls == []
+    torch.testing.assert_close(auto, encode(lite, "reference", x), rtol=0, atol=0)
+    assert kernel_calls == []
+
+
+@needs_interpreter
+def test_triton_attention_kernel_runs_the_kernel_on_cpu_under_interpreter(kernel_calls):
+    """attention_kernel="triton" on the CPU under the interpreter launches the kernel in both layers. Tolerance
+    (FlashAttention's rule on the whole encoder, as in test_kernel.py's GPU encoder test): against the float64
+    evaluation of the same weights, the kernel route's relative error is at most twice the fp32 reference route's,
+    with a floor of 2 ulps of fp32 (both routes compute the same rank-space products; only the core differs). Measured:
+    3.4e-7 for both."""
+    lite = kernel_shaped_lite()
+    x = mel()
+    out = encode(lite, "triton", x)
+    assert kernel_calls == ["op", "kernel"] * 2
+    truth = encode(copy.deepcopy(lite).double(), "reference", x.double())
+    rel = lambda got: ((got.double() - truth).norm() / truth.norm()).item()  # noqa: E731
+    err_kernel, err_reference = rel(out), rel(encode(lite, "reference", x))
+    assert err_kernel <= max(2 * err_reference, 2 * torch.finfo(torch.float32).eps), (err_kernel, err_reference)
+
+
+def test_triton_attention_kernel_where_it_cannot_run_raises(monkeypatch, kernel_calls):
+    """Simulated machine without the interpreter (or without triton): "triton" is an error saying why, "auto" runs."""
+    lite = kernel_shaped_lite()
+    x = mel()
+    monkeypatch.setattr(attention_lite_whisper, "interpreter_enabled", lambda: False)
+    with pytest.raises(ValueError, match="attention_kernel='triton' on CPU needs TRITON_INTERPRET=1 set before triton"):
+        encode(lite, "triton", x)
+    monkeypatch.setattr(attention_lite_whisper, "HAS_TRITON", False)
+    with pytest.raises(ValueError, match="attention_kernel='triton' needs triton, which is not installed"):
+        encode(lite, "triton", x)
+    encode(lite, "auto", x)
+    assert kernel_calls == []
+
+
+@needs_interpreter
+def test_environment_override_replaces_auto_only(monkeypatch, kernel_calls):
+    """LITEASR_ATTENTION, when set, decides for "auto" only: =reference keeps "auto" on the reference and leaves an
+    explicit "triton" on the kernel; =triton turns "auto" into the kernel, and an explicit "reference" still wins."""
+    lite = kernel_shaped_lite()
+    x = mel()
+    expected = encode(lite, "reference", x)
+    monkeypatch.setenv("LITEASR_ATTENTION", "reference")
+    torch.testing.assert_close(encode(lite, "auto", x), expected, rtol=0, atol=0)
+    assert kernel_calls == []
+    encode(lite, "triton", x)
+    assert kernel_calls == ["op", "kernel"] * 2
+    kernel_calls.clear()
+    monkeypatch.setenv("LITEASR_ATTENTION", "triton")
+    encode(lite, "auto", x)
+    assert kernel_calls == ["op", "kernel"] * 2
+    kernel_calls.clear()
+    torch.testing.assert_close(encode(lite, "reference", x), expected, rtol=0, atol=0)
+    assert kernel_calls == []

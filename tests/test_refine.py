@@ -4,11 +4,11 @@ import copy
 
 import torch
 
-from liteasr_hf.calibration.compress import apply_factors_
+from liteasr_hf.calibration.factors import apply_factors_
 from liteasr_hf.calibration.refine import refine, teacher_outputs, teacher_tokens, trainable
 from liteasr_hf.calibration.sequential import calibrate, theta_rule
 
-from test_sequential import data, tiny_whisper
+from modeling_utils import SMALL_MELS, tiny_features, tiny_whisper
 
 
 def compressed(model, feats, real):
@@ -19,7 +19,7 @@ def compressed(model, feats, real):
 
 
 def test_refine_lowers_held_out_loss_and_is_deterministic():
-    model, (feats, real) = tiny_whisper(), data(n=10)
+    model, (feats, real) = tiny_whisper(**SMALL_MELS), tiny_features(n=10)
     targets = teacher_outputs(model, feats)
     runs = []
     for _ in range(2):
@@ -37,7 +37,7 @@ def test_refine_lowers_held_out_loss_and_is_deterministic():
 
 
 def test_refine_with_decoder_kl():
-    model, (feats, real) = tiny_whisper(), data(n=6)
+    model, (feats, real) = tiny_whisper(**SMALL_MELS), tiny_features(n=6)
     targets = teacher_outputs(model, feats)
     tokens = teacher_tokens(model, feats, max_new_tokens=5)
     runs = {}
@@ -55,7 +55,7 @@ def test_warmup_scales_the_first_steps():
     """Adam's first step moves every parameter with a gradient by ~lr (m / sqrt(v) = ±1), so after one step
     the largest change is lr without warm-up and lr / warmup with it (1 % tolerance: Adam's eps, 1e-8, is
     far below these gradients)."""
-    model, (feats, real) = tiny_whisper(), data(n=4)
+    model, (feats, real) = tiny_whisper(**SMALL_MELS), tiny_features(n=4)
     targets = teacher_outputs(model, feats)
     moved = {}
     for warmup in (0, 10):
@@ -79,7 +79,7 @@ def test_teacher_transcripts_do_not_flood_the_log():
         def emit(self, record):
             self.messages.append(record.getMessage())
 
-    model, (feats, _) = tiny_whisper(), data(n=2)
+    model, (feats, _) = tiny_whisper(**SMALL_MELS), tiny_features(n=2)
     model.generation_config.max_length = 448
     log, seen = logging.getLogger("transformers.generation.utils"), Seen()
     log.addHandler(seen)
@@ -101,7 +101,7 @@ def test_refine_at_a_dynamic_context_trains_and_scores_the_student_there():
     from liteasr_hf.calibration.ranks import to_low_rank_config
     from liteasr_hf.calibration.refine import _enc_out, _kl
 
-    model, (feats, real) = tiny_whisper(), data(n=6)  # 1.2 s window; audio 0.2-0.8 s
+    model, (feats, real) = tiny_whisper(**SMALL_MELS), tiny_features(n=6)  # 1.2 s window; audio 0.2-0.8 s
     targets = teacher_outputs(model, feats)
     tokens = teacher_tokens(model, feats, max_new_tokens=5)
     factors, _, _ = calibrate(model, feats, real, theta_rule(0.8, 0.8), progress=False)
@@ -120,5 +120,7 @@ def test_refine_at_a_dynamic_context_trains_and_scores_the_student_there():
         with torch.no_grad(), encoder.encoder_context(*ctx):
             return float(_kl(lite, _enc_out(encoder, feats[held]), [tokens[int(i)] for i in held]))
 
-    assert abs(held_kl(context) - r["best"]) < 1e-5, (held_kl(context), r["best"])
-    assert abs(held_kl((None, 0.1)) - r["best"]) > 1e-4
+    # Recomputing the held-out score at the same context reproduces it to float32 noise (~1e-7); at the full window it
+    # differs by far more (6e-5 here, where the context cuts 10 of 60 frames), so "best" was scored at the context.
+    assert abs(held_kl(context) - r["best"]) < 2e-6, (held_kl(context), r["best"])
+    assert abs(held_kl((None, 0.1)) - r["best"]) > 2e-5

@@ -3,29 +3,21 @@
 import copy
 
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from liteasr_hf.calibration.compress import apply_factors_, encoder_size, linear_budget, linear_dims
-from liteasr_hf.calibration.ranks import linear_params
-from liteasr_hf.calibration.sensitivity import allocate, sensitivity_ranks
-from liteasr_hf.calibration.sequential import calibrate, fixed_ranks, frame_weights, theta_rule
+from modeling_utils import SMALL_MELS, tiny_features, tiny_whisper
 
-
-def tiny_whisper(seed=0):
-    torch.manual_seed(seed)
-    cfg = WhisperConfig(vocab_size=100, num_mel_bins=16, d_model=64, encoder_layers=2, decoder_layers=1,
-                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=128,
-                        max_source_positions=60, max_target_positions=20, pad_token_id=0, bos_token_id=1,
-                        eos_token_id=2, decoder_start_token_id=1, init_std=0.25)
-    return WhisperForConditionalGeneration(cfg).eval()
+from liteasr_hf.calibration.factors import apply_factors_, factorize
+from liteasr_hf.calibration.features import frame_weights
+from liteasr_hf.calibration.ranks import linear_budget, linear_dims, linear_params, theta_ranks
+from liteasr_hf.calibration.sensitivity import allocate, measure_gains
+from liteasr_hf.calibration.sequential import calibrate, fixed_ranks
+from liteasr_hf.calibration.stats import CalibrationStats, spectra
 
 
-def data(n=6, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    feats = torch.randn(n, 16, 120, generator=g)
-    real = torch.randint(10, 40, (n,), generator=g)
-    feats[:, :, 1:][torch.arange(120 - 1)[None, None, :].expand(n, 16, -1) >= 2 * real[:, None, None]] = -1.0  # "padding"
-    return feats, real
+def one_pass(model, feats, real, pad_weight=0.5):
+    """The paper's path on precomputed log-mels: dense statistics, their PCA."""
+    enc = model.get_encoder()
+    return spectra(CalibrationStats.for_encoder(enc).add(enc, feats, real.tolist()), pad_weight)
 
 
 def test_frame_weights_sum_to_one_and_split():
@@ -36,12 +28,15 @@ def test_frame_weights_sum_to_one_and_split():
 
 
 def test_sequential_full_rank_reproduces_dense():
-    model, (feats, real) = tiny_whisper(), data()
+    model, (feats, real) = tiny_whisper(**SMALL_MELS), tiny_features()
     # θ -> 1 keeps every component; eq. 8 would keep such linears dense, so force full ranks.
     ranks = {n: d_out for n, (_, d_out) in linear_dims(model.get_encoder()).items()}
-    for sequential, target in ((False, "self"), (True, "self"), (True, "dense+residual")):
-        factors, got, _ = calibrate(model, feats, real, fixed_ranks(ranks), sequential=sequential, target=target, progress=False)
-        assert got == ranks and len(factors) == len(ranks)
+    candidates = {"one pass": factorize(model.get_encoder(), one_pass(model, feats, real), ranks)}
+    for target in ("self", "dense+residual"):
+        candidates[target], got, _ = calibrate(model, feats, real, fixed_ranks(ranks), target=target, progress=False)
+        assert got == ranks
+    for factors in candidates.values():
+        assert len(factors) == len(ranks)
         lite = apply_factors_(copy.deepcopy(model.get_encoder()), factors)
         with torch.no_grad():
             ref = model.get_encoder()(feats).last_hidden_state
@@ -49,13 +44,16 @@ def test_sequential_full_rank_reproduces_dense():
 
 
 def test_error_compensation_beats_the_paper_at_equal_ranks():
-    model, (feats, real) = tiny_whisper(), data(n=12)
+    model, (feats, real) = tiny_whisper(**SMALL_MELS), tiny_features(n=12)
     enc = model.get_encoder()
-    _, ranks, _ = calibrate(model, feats, real, theta_rule(0.9, 0.9), sequential=False, progress=False)
+    pcas = one_pass(model, feats, real)
+    ranks = theta_ranks({n: p[1] for n, p in pcas.items()}, linear_dims(enc), 0.9, 0.9)
     assert all(k is None or k % 16 == 0 for k in ranks.values()) and any(ranks.values())
     errs = {}
-    for sequential, target in ((False, "self"), (True, "dense"), (True, "dense+residual")):
-        factors, _, _ = calibrate(model, feats, real, fixed_ranks(ranks), sequential=sequential, target=target, progress=False)
+    candidates = {"self": factorize(enc, pcas, ranks)}  # the paper's one-pass factors
+    for target in ("dense", "dense+residual"):
+        candidates[target], _, _ = calibrate(model, feats, real, fixed_ranks(ranks), target=target, progress=False)
+    for target, factors in candidates.items():
         lite = apply_factors_(copy.deepcopy(enc), factors)
         with torch.no_grad():
             w = frame_weights(real, 60)
@@ -78,12 +76,13 @@ def test_allocate_never_exceeds_budget():
 
 
 def test_sensitivity_ranks_fit_target():
-    model, (feats, real) = tiny_whisper(), data()
-    _, _, pcas = calibrate(model, feats, real, lambda *a: None, sequential=False, keep_pcas=True, progress=False)
+    model, (feats, real) = tiny_whisper(**SMALL_MELS), tiny_features()
+    pcas = one_pass(model, feats, real)
     enc = model.get_encoder()
+    gains = measure_gains(model, feats[:3], real[:3], pcas, progress=False)
+    assert all(g > 0 for g in gains.values())
+    dims = linear_dims(enc)
     for target in (0.8, 0.9):
-        ranks, gains = sensitivity_ranks(model, feats, real, target, pcas, probe_clips=3, progress=False)
-        assert all(g > 0 for g in gains.values())
-        dims = linear_dims(enc)
+        ranks = allocate({n: p[1] for n, p in pcas.items()}, dims, gains, linear_budget(enc, target))
         saved = sum(linear_params(None, *dims[n]) - linear_params(k, *dims[n]) for n, k in ranks.items())
         assert sum(p.numel() for p in enc.parameters()) - saved <= target * sum(p.numel() for p in enc.parameters())

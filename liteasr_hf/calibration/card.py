@@ -1,6 +1,6 @@
-"""Model card of a lite checkpoint, rendered from `model_cards/lite_whisper_template.md`.
+"""Model card of a lite checkpoint, rendered from the package's `model_card_template.md`.
 
-Everything the card shows lives in the checkpoint's `calibration.json` (written by scripts/calibrate.py),
+Everything the card shows lives in the checkpoint's `calibration.json` (written by `save_compressed`),
 so the card can be re-rendered at any time, e.g. once WER has been measured:
     render_model_card(folder, results=[{"dataset": ..., "clips": 115, "wer": 0.083, "dense_wer": 0.070}])
 """
@@ -9,27 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 from string import Template
 
-INFO_FILE = "calibration.json"
-_HERE = os.path.dirname(os.path.abspath(__file__))
-# The template lives in the repository's model_cards/ (calibrate.py, its user, runs from a checkout).
-TEMPLATE_CANDIDATES = (os.path.join(_HERE, "..", "..", "model_cards", "lite_whisper_template.md"),)
-LINEAR_COLUMNS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+from ..lite_whisper.configuration_lite_whisper import LOW_RANK_SHAPES
+from .compressor import INFO_FILE
+
+TEMPLATE = "model_card_template.md"  # package data, so installed wheels render cards too
 
 
-def template_path() -> str:
-    for p in TEMPLATE_CANDIDATES:
-        if os.path.exists(p):
-            return os.path.normpath(p)
-    raise FileNotFoundError("model card template lite_whisper_template.md not found in " + ", ".join(TEMPLATE_CANDIDATES))
+def template_text() -> str:
+    return resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
 
 
 def ranks_table(ranks: dict, num_layers: int) -> str:
-    rows = ["| layer | " + " | ".join(LINEAR_COLUMNS) + " |", "|---" * (len(LINEAR_COLUMNS) + 1) + "|"]
+    rows = ["| layer | " + " | ".join(LOW_RANK_SHAPES) + " |", "|---" * (len(LOW_RANK_SHAPES) + 1) + "|"]
     for layer in range(num_layers):
         cells = []
-        for leaf in LINEAR_COLUMNS:
+        for leaf in LOW_RANK_SHAPES:
             name = next((n for n in ranks if n.startswith(f"layers.{layer}.") and n.endswith("." + leaf)), None)
             cells.append("dense" if name is None or ranks[name] is None else str(ranks[name]))
         rows.append(f"| {layer} | " + " | ".join(cells) + " |")
@@ -62,7 +59,7 @@ def base_model_reference(name: str) -> str:
 def results_table(results: list[dict], folder: str, base_model: str) -> str:
     """WER rows: dataset, split, clips, wer, dense_wer (fractions), optional notes / loops."""
     if not results:
-        return (f"WER not measured yet. `python scripts/evaluate.py --model {folder} --model {base_model} --model-card {folder}` "
+        return (f"WER not measured yet. `liteasr-hf evaluate --model {folder} --model {base_model} --model-card {folder}` "
                 "scores both models and records the result here.")
     rows = ["| dataset | split | clips | WER | dense WER | notes |", "|---|---|---|---|---|---|"]
     for r in results:
@@ -123,12 +120,11 @@ def render_model_card(folder: str, results: list[dict] | None = None, repo: str 
         device=c["device"],
         dtype=c["dtype"],
         version=info.get("version", ""),
-        command=c.get("command", "scripts/calibrate.py"),
+        command=c.get("command", "liteasr-hf calibrate"),
         ranks_table=ranks_table(ranks, info["num_layers"]),
         context=context_description(info.get("context")),
     )
-    with open(template_path(), encoding="utf-8") as f:
-        text = Template(f.read()).substitute(fields)
+    text = Template(template_text()).substitute(fields)
     with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text

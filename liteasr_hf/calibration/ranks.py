@@ -9,11 +9,14 @@ import heapq
 import math
 
 import torch
+from torch import nn
+
+from ..lite_whisper.configuration_lite_whisper import ATTENTION_PROJECTIONS
+from .stats import encoder_linears
 
 # LiteASR presets: (θ attention, θ MLP).
 PRESETS = {"quality": (0.999, 0.999), "balanced": (0.99, 0.999), "fast": (0.99, 0.995)}
 PRESET_ALIASES = {"a": "quality", "b": "balanced", "c": "fast"}
-ATTN_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 def preset_thetas(preset: str) -> tuple[float, float]:
@@ -30,7 +33,7 @@ def check_theta(theta: float, what: str = "theta") -> float:
 
 
 def is_attention(name: str) -> bool:
-    return name.rsplit(".", 1)[-1] in ATTN_NAMES
+    return name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS
 
 
 def worth_it(k: int, d_in: int, d_out: int) -> bool:
@@ -68,6 +71,40 @@ def theta_ranks(spectra: dict, dims: dict, theta_attn: float, theta_mlp: float, 
 def linear_params(k: int | None, d_in: int, d_out: int) -> int:
     """Weight parameters of a linear at rank k (dense when None); the bias is the same either way."""
     return d_in * d_out if k is None else k * (d_in + d_out)
+
+
+def linear_dims(encoder: nn.Module) -> dict[str, tuple[int, int]]:
+    """{linear: (d_in, d_out)} of the encoder's compressible linears."""
+    return {n: (m.in_features, m.out_features) for n, m in encoder_linears(encoder).items()}
+
+
+def _new_biases(encoder: nn.Module, names) -> int:
+    """A low-rank linear always carries a bias (the mean correction), even where the dense one had none (k_proj)."""
+    linears = encoder_linears(encoder)
+    return sum(linears[n].out_features for n in names if linears[n].bias is None)
+
+
+def encoder_size(encoder: nn.Module, ranks: dict) -> tuple[int, int]:
+    """(lite, dense) parameter counts of a dense encoder compressed to `ranks`: biases, norms, convs and positions
+    are unchanged."""
+    dense = sum(p.numel() for p in encoder.parameters())
+    dims = linear_dims(encoder)
+    saved = sum(linear_params(None, *dims[n]) - linear_params(k, *dims[n]) for n, k in ranks.items())
+    return dense - saved + _new_biases(encoder, [n for n, k in ranks.items() if k is not None]), dense
+
+
+def linear_budget(encoder: nn.Module, target: float) -> int:
+    """Weight parameters left for the compressible linears when the encoder is `target` of its dense size."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target size must lie in (0, 1] (a fraction of the dense encoder), got {target}")
+    dense = sum(p.numel() for p in encoder.parameters())
+    dims = linear_dims(encoder)
+    # reserve the biases that compressing bias-less linears adds, so the budget holds whatever gets compressed
+    fixed = dense - sum(linear_params(None, *d) for d in dims.values()) + _new_biases(encoder, dims)
+    budget = int(target * dense) - fixed
+    if budget <= 0:
+        raise ValueError(f"target size {target} is below the encoder's incompressible part ({fixed / dense:.1%})")
+    return budget
 
 
 def target_ranks(spectra: dict, dims: dict, budget: int, multiple: int = 16) -> dict:

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from ..generation import MAX_NEW_TOKENS, quiet_length_warning
-from .sequential import frame_weights
-from .stats import DEFAULT_PADDING_WEIGHT
+from .features import DEFAULT_PADDING_WEIGHT, frame_weights
 
 
 def _encoder(model: nn.Module) -> nn.Module:

@@ -17,10 +17,8 @@ import copy
 import torch
 from torch import nn
 
-from .compress import linear_budget
+from .features import DEFAULT_PADDING_WEIGHT, encoder_inputs, frame_weights
 from .ranks import greedy_ranks, theta_rank
-from .sequential import _in_out, encoder_inputs, frame_weights
-from .stats import DEFAULT_PADDING_WEIGHT
 
 
 class _Probe(nn.Module):
@@ -55,7 +53,7 @@ def measure_gains(
     keeping `probe_theta` of its variance (capped to the largest rank eq. 8 allows).
 
     features/real: the probe clips (a few suffice); pcas: {name: (mean, evals, evecs)} of the dense
-    statistics (`sequential.calibrate(..., sequential=False, keep_pcas=True)`).
+    statistics (`stats.spectra`).
     """
     from tqdm.auto import tqdm
 
@@ -71,7 +69,7 @@ def measure_gains(
         mean, evals, evecs = pcas[name]
         li = int(name.split(".")[1])
         lin = encoder.get_submodule(name)
-        d_in, d_out = _in_out(lin)
+        d_in, d_out = lin.in_features, lin.out_features
         k = theta_rank(evals, probe_theta, d_in, d_out) or max(16, 16 * ((d_in * d_out // (d_in + d_out) - 1) // 16))
         parent, leaf = name.rsplit(".", 1)
         probe = _Probe(lin, mean, evecs, k, None)
@@ -99,29 +97,3 @@ def allocate(spectra: dict, dims: dict, gains: dict, budget: int, multiple: int 
         return float(cum[n][-1 if nxt is None else nxt] - cum[n][k]) * gains[n]
 
     return greedy_ranks(spectra, dims, budget, value, multiple)
-
-
-def sensitivity_ranks(
-    model: nn.Module,
-    features: torch.Tensor,
-    real: torch.Tensor,
-    target: float,
-    pcas: dict,
-    *,
-    gains: dict | None = None,
-    probe_clips: int = 8,
-    probe_theta: float = 0.99,
-    pad_weight: float | None = DEFAULT_PADDING_WEIGHT,
-    batch_size: int = 8,
-    progress: bool = True,
-):
-    """Ranks for an encoder of `target` x its dense size: (ranks, gains). The gains are measured on
-    the first `probe_clips` clips unless given (they do not depend on the target: a sweep measures them
-    once); the spectra are the dense statistics' (`pcas`)."""
-    encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
-    if gains is None:
-        gains = measure_gains(model, features[:probe_clips], real[:probe_clips], pcas, probe_theta=probe_theta,
-                              pad_weight=pad_weight, batch_size=batch_size, progress=progress)
-    dims = {n: _in_out(encoder.get_submodule(n)) for n in pcas}
-    ranks = allocate({n: p[1] for n, p in pcas.items()}, dims, gains, linear_budget(encoder, target))
-    return ranks, gains

@@ -11,7 +11,8 @@ pass stops the layer right after the group's last linear fired.
 
 Statistics are padding-aware like the paper's calibration (`pad_weight`: share of the mean and
 covariance given to padding frames; 0.5 = the 50/50 default, None = all frames equal, the paper).
-`sequential=False` gives the paper's one-pass method on the same code path (the baseline).
+The paper's one-pass method is the default path (`stats.collect` + `stats.spectra` + `factors.factorize`); this
+module is the opt-in variant (`CompressionConfig(sequential=...)`).
 
 Factors are keyed by encoder-relative dense module names ("layers.0.self_attn.q_proj") as
 `(weight1 [in, k], weight2 [k, out], bias [out])`, the layout `LiteWhisperForConditionalGeneration.
@@ -26,38 +27,15 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .compress import LowRankLinear, pca_factors
+from ..lite_whisper.configuration_lite_whisper import LOW_RANK_SHAPES, projection_path
+from .factors import low_rank_linear, pca_factors
+from .features import DEFAULT_PADDING_WEIGHT, encoder_inputs
 from .ranks import is_attention, theta_rank
-from .stats import DEFAULT_PADDING_WEIGHT, LinearStats, real_frame_count
+from .stats import LinearStats
 
-LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2")
+LINEARS = tuple(projection_path(n) for n in LOW_RANK_SHAPES)
 # Linears that share an input are fitted together; later groups see the earlier ones compressed.
 GROUPS = (LINEARS[:3], LINEARS[3:4], LINEARS[4:5], LINEARS[5:6])
-
-
-def frame_mask(real: torch.Tensor, total: int) -> torch.Tensor:
-    """[N] real-frame counts -> [N, T] bool, True on real-audio frames."""
-    return torch.arange(total, device=real.device)[None, :] < real[:, None]
-
-
-def frame_weights(real: torch.Tensor, total: int, pad_weight: float | None = DEFAULT_PADDING_WEIGHT) -> torch.Tensor:
-    """[N, T] per-frame loss weights, each clip summing to 1: real frames share 1 - pad_weight,
-    padding frames pad_weight (None: every frame equal). Losses must cover the padding because the
-    decoder cross-attends to it."""
-    mask = frame_mask(real, total).float()
-    if pad_weight is None:
-        return torch.full_like(mask, 1.0 / total)
-    pad = 1 - mask
-    w = (1 - pad_weight) * mask / mask.sum(1, keepdim=True).clamp(min=1) + pad_weight * pad / pad.sum(1, keepdim=True).clamp(min=1)
-    return w / w.sum(1, keepdim=True)  # clips without padding: all weight on real frames
-
-
-def features_of(feature_extractor, audios, max_frames: int = 1500):
-    """(log-mels [N, n_mels, 3000] float32, real-audio encoder frames [N]) of 16 kHz clips of at most
-    30 s: the cached encoder inputs sequential calibration, sensitivity and refinement work from."""
-    feats = feature_extractor(list(audios), sampling_rate=feature_extractor.sampling_rate, return_tensors="pt").input_features
-    real = torch.tensor([real_frame_count(len(a), feature_extractor.hop_length * 2, max_frames) for a in audios])
-    return feats.float(), real
 
 
 def _set(module: nn.Module, name: str, new: nn.Module):
@@ -66,24 +44,11 @@ def _set(module: nn.Module, name: str, new: nn.Module):
 
 
 def _in_out(m: nn.Module):
-    return (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (m.weight1.shape[0], m.weight2.shape[1])
+    return m.in_features, m.out_features
 
 
 class _Stop(Exception):
     pass
-
-
-@torch.no_grad()
-def encoder_inputs(encoder: nn.Module, features: torch.Tensor, batch_size: int = 8, dtype=None) -> torch.Tensor:
-    """Hidden states entering layer 0 (convs + positions), [N, T, D], computed once, kept on the CPU."""
-    out = []
-    p = next(encoder.parameters())
-    for i in range(0, len(features), batch_size):
-        x = features[i : i + batch_size].to(p.device, p.dtype)
-        x = nn.functional.gelu(encoder.conv1(x))
-        x = nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
-        out.append((x + encoder.embed_positions.weight[: x.shape[1]]).to(dtype or p.dtype).cpu())
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -218,24 +183,20 @@ def calibrate(
     real: torch.Tensor,
     rule: RankRule,
     *,
-    sequential: bool = True,
     target: str = "self",
     ridge: float = 1e-2,
     pad_stride: int = 8,
     pad_weight: float | None = DEFAULT_PADDING_WEIGHT,
     batch_size: int = 8,
     cache_dtype: torch.dtype | None = None,
-    keep_pcas: bool = False,
     progress: bool = True,
 ):
     """Compress the encoder of a dense Whisper model (left untouched) from calibration log-mels.
 
     features: [N, n_mels, 3000] log-mel; real: [N] real-audio encoder frames per clip (see
-    `stats.real_frame_count`). Returns (factors, ranks, spectra): factors as documented above, ranks
-    {name: k or None}, spectra {name: eigenvalues of the covariance the factors were fitted on}, or
-    with `keep_pcas` {name: (mean, eigenvalues, eigenvectors)} in float32 (O(D_out^2) each).
-    With `sequential=False` every statistic comes from the dense model (the paper's method).
-    `target` (sequential only): "self" = PCA of the compressed path's own outputs; "dense" =
+    `features.real_frame_count`). Returns (factors, ranks, spectra): factors as documented above, ranks
+    {name: k or None}, spectra {name: eigenvalues of the covariance the factors were fitted on}.
+    `target`: "self" = PCA of the compressed path's own outputs; "dense" =
     reduced-rank regression of the dense path's outputs on the compressed path's inputs, so each
     linear undoes upstream error (`regression_factors`); "dense+residual" also folds the residual
     stream's error into the out_proj / fc2 targets. "dense*" caches the dense hidden states too and
@@ -243,8 +204,6 @@ def calibrate(
     """
     if target not in ("self", "dense", "dense+residual"):
         raise ValueError(f"target must be 'self', 'dense' or 'dense+residual', got {target!r}")
-    if not sequential:
-        target = "self"
     from tqdm.auto import tqdm
 
     encoder = copy.deepcopy(model.get_encoder() if hasattr(model, "get_encoder") else model).eval()
@@ -252,7 +211,7 @@ def calibrate(
     dense_cache = cache.clone() if target != "self" else None
     real = real.to(torch.long)
     factors, ranks, spectra = {}, {}, {}
-    bar = tqdm(total=len(encoder.layers) * len(GROUPS), desc="sequential calibration" if sequential else "calibration", disable=not progress)
+    bar = tqdm(total=len(encoder.layers) * len(GROUPS), desc="sequential calibration", disable=not progress)
     for li, layer in enumerate(encoder.layers):
         dense_layer = copy.deepcopy(layer) if dense_cache is not None else None
         for group in GROUPS:
@@ -264,7 +223,7 @@ def calibrate(
                     ranks[key], spectra[key] = (None if f is None else f[1].shape[0]), evals.float()
                     if f is not None:
                         factors[key] = tuple(t.to(lin.weight.dtype).contiguous() for t in f)
-                        _set(layer, n, LowRankLinear(*(t.to(lin.weight.device) for t in factors[key])))
+                        _set(layer, n, low_rank_linear(*(t.to(lin.weight.device) for t in factors[key])))
                 bar.update()
                 continue
             stats = _collect(layer, group, cache, real, batch_size)
@@ -274,13 +233,12 @@ def calibrate(
                 key = f"layers.{li}.{n}"
                 k = rule(key, evals, *_in_out(lin))
                 ranks[key] = k
-                spectra[key] = (mean.float(), evals.float(), evecs.float()) if keep_pcas else evals.float()
+                spectra[key] = evals.float()
                 if k is not None:
                     factors[key] = tuple(t.to(lin.weight.dtype).contiguous() for t in pca_factors(lin, mean, evecs, k))
-                    if sequential:  # later groups and layers see this linear compressed
-                        _set(layer, n, LowRankLinear(*(t.to(lin.weight.device) for t in factors[key])))
+                    _set(layer, n, low_rank_linear(*(t.to(lin.weight.device) for t in factors[key])))
             bar.update()
-        # Next layer's inputs: the compressed layer (sequential) or the dense one (paper).
+        # Next layer's inputs: the compressed layer's outputs.
         with torch.no_grad():
             p = next(layer.parameters())
             for i in range(0, len(cache), batch_size):

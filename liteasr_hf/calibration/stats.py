@@ -9,7 +9,6 @@ statistics are collected: one pass over the clips serves every weighting, preset
 from __future__ import annotations
 
 import json
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -17,18 +16,17 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+from ..lite_whisper.configuration_lite_whisper import LOW_RANK_SHAPES, projection_path
+from .features import DEFAULT_PADDING_WEIGHT, real_frame_count
+
 PARTS = ("real", "pad")
-DEFAULT_PADDING_WEIGHT = 0.5
 
 
-def encoder_linears(encoder: nn.Module) -> dict[str, nn.Linear]:
-    """The compressible linears, keyed by their name relative to the encoder ("layers.3.fc1")."""
-    return {
-        name: module
-        for name, module in encoder.named_modules()
-        if isinstance(module, nn.Linear) and name.startswith("layers.") and name.rsplit(".", 1)[-1] in LINEAR_NAMES
-    }
+def encoder_linears(encoder: nn.Module) -> dict[str, nn.Module]:
+    """The compressible linears (dense, or already low-rank), keyed by their name relative to the encoder
+    ("layers.3.fc1"), in layer order and LOW_RANK_SHAPES order within a layer."""
+    return {f"layers.{i}.{projection_path(n)}": layer.get_submodule(projection_path(n))
+            for i, layer in enumerate(encoder.layers) for n in LOW_RANK_SHAPES}
 
 
 @dataclass
@@ -105,7 +103,9 @@ class CalibrationStats:
 
     @classmethod
     def for_encoder(cls, encoder: nn.Module, **kw) -> "CalibrationStats":
-        return cls({n: m.out_features for n, m in encoder_linears(encoder).items()}, **kw)
+        """Empty statistics of every compressible linear of `encoder` (dense ones only: a low-rank linear is not
+        compressed again)."""
+        return cls({n: m.out_features for n, m in encoder_linears(encoder).items() if isinstance(m, nn.Linear)}, **kw)
 
     def __getitem__(self, name) -> LinearStats:
         return self.linears[name]
@@ -152,6 +152,17 @@ class CalibrationStats:
         finally:
             for h in handles:
                 h.remove()
+
+    @torch.no_grad()
+    def add(self, encoder: nn.Module, features: torch.Tensor, real_frames: Sequence[int], ids: Sequence[str] = ()):
+        """Run the dense `encoder` on one batch of log-mels [B, n_mels, T] and add its linears' outputs; each item's
+        first `real_frames[i]` encoder frames count as audio, the rest as padding."""
+        frames = list(real_frames)
+        p = next(encoder.parameters())
+        with self.hooks(encoder, frames):
+            encoder(features.to(p.device, p.dtype))
+        self.seen += list(ids)
+        return self
 
     # ---- multi-process ---------------------------------------------------------------------------
 
@@ -215,14 +226,8 @@ class CalibrationStats:
 def _layer_order(name: str):
     parts = name.split(".")
     layer = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
-    leaf = parts[-1]
-    return layer, LINEAR_NAMES.index(leaf) if leaf in LINEAR_NAMES else len(LINEAR_NAMES)
-
-
-def real_frame_count(num_samples: int, samples_per_frame: int = 320, max_frames: int = 1500) -> int:
-    """Encoder frames that hold real audio: Whisper hops 160 samples per mel frame, then its second conv
-    strides 2, so one encoder frame is 320 samples (20 ms); the rest of the 30 s window is padding."""
-    return min(max_frames, math.ceil(num_samples / samples_per_frame))
+    order = list(LOW_RANK_SHAPES)
+    return layer, order.index(parts[-1]) if parts[-1] in order else len(order)
 
 
 @torch.no_grad()
@@ -253,16 +258,14 @@ def collect(
     max_frames = encoder.config.max_source_positions
     samples_per_frame = feature_extractor.hop_length * encoder.conv1.stride[0] * encoder.conv2.stride[0]
     done = set(stats.seen)
-    real_frames: list[int] = []
     bar = tqdm(total=total, desc="calibration clips", unit="clip", disable=not progress)
     batch, since_save = [], 0
 
     def flush():
         nonlocal since_save
         feats = feature_extractor([a for _, a in batch], sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
-        real_frames[:] = [real_frame_count(len(a), samples_per_frame, max_frames) for _, a in batch]
-        encoder(feats.input_features.to(device, dtype))
-        stats.seen += [i for i, _ in batch]
+        real = [real_frame_count(len(a), samples_per_frame, max_frames) for _, a in batch]
+        stats.add(encoder, feats.input_features.to(device, dtype), real, [i for i, _ in batch])
         bar.update(len(batch))
         since_save += len(batch)
         batch.clear()
@@ -270,17 +273,30 @@ def collect(
             stats.save(save_path)
             since_save = 0
 
-    with stats.hooks(encoder, real_frames):
-        for wid, audio in windows:
-            if wid in done:
-                bar.update(1)
-                continue
-            batch.append((wid, audio))
-            if len(batch) == batch_size:
-                flush()
-        if batch:
+    for wid, audio in windows:
+        if wid in done:
+            bar.update(1)
+            continue
+        batch.append((wid, audio))
+        if len(batch) == batch_size:
             flush()
+    if batch:
+        flush()
     bar.close()
     if save_path:
         stats.save(save_path)
     return stats
+
+
+def spectra(stats: CalibrationStats, padding_weight: float | None = DEFAULT_PADDING_WEIGHT, progress: bool = False):
+    """{name: (mean, eigenvalues desc, eigenvectors)} for every linear in the statistics, on the CPU: the one-pass PCA
+    every factorization starts from.
+
+    The eigendecompositions run where the statistics are; the results go to the CPU because on a GPU they
+    would sit beside the model through sensitivity probes and refinement (large-v3: 8.8 GB of float64
+    eigenvectors). Their users move the columns they keep.
+    """
+    from tqdm.auto import tqdm
+
+    linears = tqdm(stats.linears.items(), desc="eigendecomposition", unit="linear", disable=not progress)
+    return {n: tuple(t.cpu() for t in s.pca(padding_weight)) for n, s in linears}

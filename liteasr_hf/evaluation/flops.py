@@ -8,11 +8,12 @@ extra bias for k_proj, which is bias-free when dense (the published LiteASR layo
 
 from __future__ import annotations
 
-# (d_in, d_out, dense has bias) of the six encoder linears of a layer.
+from ..lite_whisper.configuration_lite_whisper import LOW_RANK_SHAPES
+
+
 def _linears(c) -> dict[str, tuple[int, int, bool]]:
-    d, f = c.d_model, c.encoder_ffn_dim
-    return {"q_proj": (d, d, True), "k_proj": (d, d, False), "v_proj": (d, d, True), "out_proj": (d, d, True),
-            "fc1": (d, f, True), "fc2": (f, d, True)}
+    """(d_in, d_out, dense has bias) of the encoder linears of a layer: Whisper's k_proj has no bias."""
+    return {n: (*shape(c), n != "k_proj") for n, shape in LOW_RANK_SHAPES.items()}
 
 
 def encoder_cost(config) -> dict:

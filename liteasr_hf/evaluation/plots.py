@@ -9,7 +9,9 @@ from __future__ import annotations
 import textwrap
 from typing import Sequence
 
-LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+from ..lite_whisper.configuration_lite_whisper import LOW_RANK_SHAPES
+
+LINEARS = tuple(LOW_RANK_SHAPES)
 
 
 def _pyplot():

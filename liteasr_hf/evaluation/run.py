@@ -58,11 +58,12 @@ def load_model(name: str, device="cpu", dtype=None):
     return model.to(device).eval(), processor, path
 
 
-def load_groups(dataset: str | None, *, split=None, config=None, audio_column="audio", text_column=None,
+def load_groups(dataset: str | None, *, split=None, split_file=None, config=None, audio_column="audio", text_column=None,
                 limit=None, group_by="source") -> list[tuple[str, list[Clip]]]:
     """[(group, clips)]: the ESB subsets for dataset "esb", else one dataset grouped by its `source` (a Hub dataset
     is one source) or, with group_by="language", its `language` column. `dataset=None` = the shipped clips'
-    evaluation split."""
+    evaluation split. `split_file`: a JSON file of {split: [file names]} for a local folder (`split` picks the key,
+    default evaluation)."""
     if dataset == "esb":
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
             raise ValueError(f"the ESB protocol streams {ESB_DATASET} from the Hub, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
@@ -72,10 +73,15 @@ def load_groups(dataset: str | None, *, split=None, config=None, audio_column="a
             clips = load_clips(ESB_DATASET, config=subset, split=sp, text_column=text_column or "text", limit=limit, require_text=True)
             groups.append((f"{subset}/{sp}" if subset == "librispeech" else subset, clips))
         return groups
-    if dataset is None and split is None:
+    files = None
+    if split_file:
+        from ..audio import split_files
+
+        files, split = split_files(split_file, split or "evaluation"), None
+    elif dataset is None and split is None:
         split = "evaluation"
     clips = load_clips(dataset, split=split, config=config, audio_column=audio_column, text_column=text_column,
-                       limit=limit, require_text=True)
+                       files=files, limit=limit, require_text=True)
     default = os.path.basename(os.path.normpath(dataset)) if dataset else "shipped clips"
     if group_by not in ("source", "language"):
         raise ValueError(f"group_by must be 'source' or 'language', got {group_by!r}")
@@ -86,11 +92,27 @@ def load_groups(dataset: str | None, *, split=None, config=None, audio_column="a
     return sorted(groups.items())
 
 
+LONG_FORM_MODES = ("sequential", "chunked")
+
+
 @torch.inference_mode()
-def transcribe(model, processor, audios: Sequence, batch_size=8, **gen) -> tuple[list[str], list[bool]]:
+def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequential", **gen) -> tuple[list[str], list[bool]]:
     """(texts, capped) for 16 kHz mono arrays, in their order. Clips over 30 s go through Whisper's
-    long-form decoding (features padded to whole 30 s windows, attention mask marking the audio)."""
+    sequential long-form decoding (features padded to whole 30 s windows, attention mask marking the audio), or
+    with `long_form="chunked"` through the ASR pipeline's 30 s chunks (5 s strides each side, merged on the overlap)."""
+    if long_form not in LONG_FORM_MODES:
+        raise ValueError(f"long_form must be one of {', '.join(LONG_FORM_MODES)}, got {long_form!r}")
     fe = processor.feature_extractor
+    if long_form == "chunked" and any(len(a) > fe.n_samples for a in audios):
+        long = [i for i, a in enumerate(audios) if len(a) > fe.n_samples]
+        short = [i for i in range(len(audios)) if len(audios[i]) <= fe.n_samples]
+        texts, capped = [None] * len(audios), [False] * len(audios)
+        for i, t in zip(long, chunked(model, processor, [audios[i] for i in long], batch_size, **gen)):
+            texts[i] = t
+        if short:
+            for i, t, k in zip(short, *transcribe(model, processor, [audios[i] for i in short], batch_size, **gen)):
+                texts[i], capped[i] = t, k
+        return texts, capped
     special = set(processor.tokenizer.all_special_ids)
     texts, capped = [None] * len(audios), [False] * len(audios)
     order = sorted(range(len(audios)), key=lambda i: len(audios[i]))  # similar lengths batch with less padding
@@ -99,15 +121,28 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, **gen) -> tuple
             idx = order[start : start + batch_size]
             feats = fe([audios[i] for i in idx], sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False,
                        padding="longest", pad_to_multiple_of=fe.n_samples, return_attention_mask=True)
-            long_form = feats.input_features.shape[-1] > fe.nb_max_frames
+            is_long = feats.input_features.shape[-1] > fe.nb_max_frames
             out = model.generate(feats.input_features.to(model.device, model.dtype), attention_mask=feats.attention_mask.to(model.device),
-                                 return_timestamps=long_form or None, **gen)
+                                 return_timestamps=is_long or None, **gen)
             seqs = out if torch.is_tensor(out) else out["sequences"]
             for j, i in enumerate(idx):
                 texts[i] = processor.tokenizer.decode(seqs[j], skip_special_tokens=True).strip()
                 # At the cap every new token is text (the last one may be a special token that arrived too late).
-                capped[i] = not long_form and sum(t not in special for t in seqs[j].tolist()) >= gen["max_new_tokens"] - 1
+                capped[i] = not is_long and sum(t not in special for t in seqs[j].tolist()) >= gen["max_new_tokens"] - 1
     return texts, capped
+
+
+def chunked(model, processor, audios: Sequence, batch_size=8, **gen) -> list[str]:
+    """Texts of clips over 30 s through `pipeline("automatic-speech-recognition", chunk_length_s=30)`, its chunks
+    batched `batch_size` at a time. `max_new_tokens` caps each chunk, as it caps each clip elsewhere."""
+    from transformers import pipeline
+
+    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+                   feature_extractor=processor.feature_extractor, chunk_length_s=30, batch_size=batch_size,
+                   device=model.device, dtype=model.dtype)
+    with quiet_length_warning():
+        out = asr([{"raw": a, "sampling_rate": SAMPLING_RATE} for a in audios], generate_kwargs=gen)
+    return [o["text"].strip() for o in out]
 
 
 def repeated_ngram(text: str, repeats: int = LOOP_NGRAM_REPEATS, max_n: int = 5) -> bool:
@@ -128,7 +163,7 @@ def score(utterances: Sequence[Utterance]) -> dict:
 
 def evaluate_model(name: str, groups, *, batch_size=8, language=None, task=None, max_new_tokens=MAX_NEW_TOKENS,
                    device=None, dtype=None, worst=5, average_subsets=False, model=None, processor=None,
-                   progress=True, context_buckets="config") -> dict:
+                   progress=True, context_buckets="config", long_form="sequential") -> dict:
     """Transcribe every group with model `name` (or the given model/processor) and score it.
 
     Returns {"model", "encoder": encoder_cost, "sources": {source: row}, "summary": row, "worst": [...],
@@ -136,6 +171,8 @@ def evaluate_model(name: str, groups, *, batch_size=8, language=None, task=None,
     loops, wall_s, rtf. The summary pools all words; `average_subsets` (ESB) makes its WER the mean of
     the sources' WERs instead. `context_buckets`: "config" runs the encoder as the checkpoint says; a list of
     seconds (or None: the full window) sets the dynamic encoder context, wrapping a dense Whisper as lite-whisper.
+    `long_form`: how clips over 30 s are decoded, "sequential" (Whisper's long-form generate) or "chunked" (the
+    pipeline's 30 s chunks); a clip over 30 s counts as a loop by its repeated n-grams only.
     """
     import contextlib
 
@@ -165,7 +202,7 @@ def evaluate_model(name: str, groups, *, batch_size=8, language=None, task=None,
             for lang in sorted({c.language if multilingual else None for c in shard}, key=str):
                 idx = [i for i, c in enumerate(shard) if (c.language if multilingual else None) == lang]
                 kw = generate_kwargs(model, lang or language, task, max_new_tokens) if lang else gen
-                t, k = transcribe(model, processor, [shard[i].audio for i in idx], batch_size, **kw)
+                t, k = transcribe(model, processor, [shard[i].audio for i in idx], batch_size, long_form, **kw)
                 for i, ti, ki in zip(idx, t, k):
                     texts[i], capped[i] = ti, ki
             walls[source] = time.perf_counter() - t0
@@ -225,6 +262,18 @@ def markdown(results: Sequence[dict]) -> str:
         lines += ["", f"WER minus {ref['model']}'s in points, with its 95 % paired-bootstrap interval over the clips:", ""]
         lines += [f"- {r['model']}: {wer_difference(ref['summary']['wer'], r['summary']['wer'], clip_errors(ref), clip_errors(r))}"
                   for r in results[:-1]]
+        if len(ref["sources"]) > 1:  # per group, each with its own interval over that group's clips
+            lines += ["", "The same per source, each interval over that source's clips:", "",
+                      "| model | " + " | ".join(ref["sources"]) + " |", "|---" * (len(ref["sources"]) + 1) + "|"]
+            for r in results[:-1]:
+                cells = []
+                for source, row in ref["sources"].items():
+                    ids = {u["id"] for u in ref["utterances"] if u["source"] == source}
+                    a, b = ({i: e for i, e in clip_errors(x).items() if i in ids} for x in (ref, r))
+                    if len(ids) < 2:  # no interval from one clip
+                        a = b = None
+                    cells.append(wer_difference(row["wer"], r["sources"][source]["wer"], a, b) + (" (1 clip)" if a is None else ""))
+                lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     for r in results:
         if r["worst"]:
             lines += ["", f"Worst utterances of {r['model']} (normalized reference / hypothesis):", ""]

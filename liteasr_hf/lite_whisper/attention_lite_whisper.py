@@ -6,14 +6,32 @@ Shapes: q [B, H, Tq, Dqk] (softmax scale already folded in), k [B, H or 1, Tk, D
 v [B, H or 1, Tk, Dv], key_bias [B, H, Tk] or None; returns [B, H, Tq, Dv]. A head dimension of 1
 on k or v means the operand is shared by all heads (the rank-space B = X W_K1 and C = X W_V1).
 
-``attention_core`` dispatches:
-- the Triton kernel (``triton_attention_lite_whisper``), through the ``liteasr::attention_core`` custom op
-  (so ``torch.compile`` traces it as one opaque node with a fake implementation), when triton imports,
-  the tensors are on CUDA -- or on the CPU with ``TRITON_INTERPRET=1`` set before triton was imported
-  (the tests) --, the shapes/dtypes are ones the kernel takes (feature sizes multiples of 16, fp16 /
-  bf16 / fp32), and no gradient is needed (the kernel has no backward);
-- otherwise ``attention_core_reference`` (plain PyTorch SDPA), e.g. on CPU, on Macs, without triton,
-  or with ``LITEASR_ATTENTION=reference`` in the environment.
+Which implementation runs is an explicit choice, ``attention_core(q, k, v, key_bias, kernel=...)``; the model passes
+its config's ``attention_kernel`` (``LiteWhisperConfig(attention_kernel=...)``,
+``from_pretrained(path, attention_kernel="reference")`` or ``model.config.attention_kernel = ...``):
+
+- ``"auto"`` (the default): the Triton kernel (``triton_attention_lite_whisper``) on CUDA tensors when triton imports;
+  the PyTorch reference everywhere else -- always on the CPU, whatever ``TRITON_INTERPRET`` says (Triton's CPU
+  interpreter is a test tool, far slower than SDPA).
+- ``"triton"``: the kernel wherever it can run: CUDA, or the CPU when the kernel was built for Triton's interpreter
+  (``TRITON_INTERPRET=1`` set before this module, and so triton's ``@triton.jit``, was imported: the tests).
+  Where it cannot run at all (no triton, CPU without the interpreter, CUDA under the interpreter, other devices)
+  ``attention_core`` raises a ValueError saying why.
+- ``"reference"``: always ``attention_core_reference`` (plain PyTorch SDPA).
+
+Under "auto" and "triton" alike, calls the kernel does not take still run the reference: feature sizes that are not
+multiples of 16, dtypes other than fp16 / bf16 / fp32, and calls that need a gradient (the kernel has no backward).
+
+Environment override: ``LITEASR_ATTENTION`` (``auto``, ``triton`` or ``reference``), when set, replaces "auto" only;
+an explicit "triton" or "reference" (config or call) wins over it. ``TRITON_INTERPRET`` selects nothing by itself:
+it only decides whether the kernel is built for the interpreter (see ``interpreter_enabled``).
+
+The kernel runs through the ``liteasr::attention_core`` custom op (so ``torch.compile`` traces it as one opaque node
+with a fake implementation). Whether to use the kernel is decided here, before the op (``use_kernel``): the op is
+called only when the kernel is wanted. The op keeps its schema (q, k, v, key_bias) -- a checkpoint's older copy of
+this file may have registered it first in the process -- and its own check (kernel where it can run, else the
+reference) stays as a safety net. To ask without running: ``use_kernel(q, k, v, key_bias, kernel)`` (this call),
+``kernel_available(device, kernel)`` (this device, for shapes the kernel takes) and ``kernel_unavailable_reason``.
 """
 
 import os
@@ -43,14 +61,68 @@ def attention_core_reference(q, k, v, key_bias=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
 
 
-def kernel_available(device):
-    """Whether the Triton kernel can run on tensors of this device."""
-    if not HAS_TRITON or os.environ.get("LITEASR_ATTENTION", "").lower() == "reference":
-        return False
+KERNELS = ("auto", "triton", "reference")  # the choices; configuration_lite_whisper.ATTENTION_KERNELS repeats them
+ENV_OVERRIDE = "LITEASR_ATTENTION"
+
+
+def check_kernel(kernel, where="attention_kernel"):
+    """Return `kernel` if it is one of KERNELS, else raise a ValueError naming `where`."""
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise ValueError(f"{where} must be one of {', '.join(map(repr, KERNELS))}, got {kernel!r}")
+    return kernel
+
+
+def resolve_kernel(kernel="auto"):
+    """The choice after the environment override: ``LITEASR_ATTENTION``, when set, replaces "auto" only."""
+    check_kernel(kernel)
+    if kernel == "auto":
+        env = os.environ.get(ENV_OVERRIDE, "").strip().lower()
+        if env:
+            return check_kernel(env, f"the environment variable {ENV_OVERRIDE}")
+    return kernel
+
+
+def kernel_unavailable_reason(device):
+    """None when the Triton kernel can run on tensors of this device, else why it cannot (a phrase that follows
+    "attention_kernel='triton' ")."""
+    if not HAS_TRITON:
+        return "needs triton, which is not installed (or failed to import)"
     device = torch.device(device)
     if device.type == "cuda":
-        return not interpreter_enabled()  # the interpreter only takes CPU tensors
-    return device.type == "cpu" and interpreter_enabled()
+        if interpreter_enabled():  # the interpreter only takes CPU tensors
+            return ("on CUDA needs TRITON_INTERPRET unset when triton is imported "
+                    "(the kernel was built for Triton's CPU interpreter)")
+        return None
+    if device.type == "cpu":
+        if not interpreter_enabled():
+            return "on CPU needs TRITON_INTERPRET=1 set before triton is imported (Triton's CPU interpreter: slow)"
+        return None
+    return f"runs on CUDA tensors (or CPU ones under TRITON_INTERPRET=1), not on {device.type}"
+
+
+def kernel_available(device, kernel="auto"):
+    """Whether ``attention_core(..., kernel=kernel)`` runs the Triton kernel on tensors of this device (for shapes it
+    takes, without gradients), after the environment override. Never raises for a "triton" that cannot run: False."""
+    kernel = resolve_kernel(kernel)
+    if kernel == "reference" or kernel_unavailable_reason(device) is not None:
+        return False
+    return kernel == "triton" or torch.device(device).type == "cuda"
+
+
+def use_kernel(q, k, v, key_bias=None, kernel="auto"):
+    """Whether ``attention_core(q, k, v, key_bias, kernel=kernel)`` runs the Triton kernel (else the reference).
+    Raises ValueError for "triton" (explicit, or from the environment override) where the kernel cannot run."""
+    chosen, kernel = kernel, resolve_kernel(kernel)
+    if kernel == "reference":
+        return False
+    reason = kernel_unavailable_reason(q.device)
+    if kernel == "triton" and reason is not None:
+        source = "attention_kernel='triton'" if chosen == "triton" else f"{ENV_OVERRIDE}=triton (environment)"
+        raise ValueError(f"{source} {reason}; use attention_kernel='auto' or 'reference'")
+    if reason is not None or (kernel == "auto" and q.device.type != "cuda"):
+        return False
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, key_bias))
+    return not needs_grad and supported(q, k, v, key_bias)
 
 
 def _define_op():
@@ -65,7 +137,8 @@ def _define_op():
     def _attention_core_op(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        if kernel_available(q.device) and supported(q, k, v, key_bias):
+        # Called only when the kernel is wanted (see use_kernel); this check is the safety net for direct calls.
+        if kernel_unavailable_reason(q.device) is None and supported(q, k, v, key_bias):
             return attention_core_triton(q, k, v, key_bias)
         return attention_core_reference(q, k, v, key_bias).contiguous()
 
@@ -79,11 +152,9 @@ def _define_op():
 attention_core_op = _define_op()
 
 
-def attention_core(q, k, v, key_bias=None):
-    """softmax(q k^T + key_bias) v -- the Triton kernel where it can run, else the PyTorch reference."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, key_bias)
-    )
-    if not needs_grad and kernel_available(q.device) and supported(q, k, v, key_bias):
+def attention_core(q, k, v, key_bias=None, kernel="auto"):
+    """softmax(q k^T + key_bias) v. `kernel`: "auto" (the Triton kernel on CUDA, else the PyTorch reference), "triton"
+    (the kernel wherever it can run, ValueError where it cannot) or "reference" -- see the module docstring."""
+    if use_kernel(q, k, v, key_bias, kernel):
         return attention_core_op(q, k, v, key_bias)
     return attention_core_reference(q, k, v, key_bias)

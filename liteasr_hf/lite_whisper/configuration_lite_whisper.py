@@ -18,6 +18,19 @@ LOW_RANK_SHAPES = {
     "fc2": lambda c: (c.encoder_ffn_dim, c.d_model),
 }
 
+# Attention projections live in a layer's `self_attn`, the MLP's (fc1, fc2) in the layer itself.
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def projection_path(name: str) -> str:
+    """A projection's module path inside an encoder layer: "self_attn.q_proj", "fc1"."""
+    return f"self_attn.{name}" if name in ATTENTION_PROJECTIONS else name
+
+
+# The attention core's implementation choices (attention_lite_whisper.KERNELS; see that module's docstring).
+ATTENTION_KERNELS = ("auto", "triton", "reference")
+
+
 # How the installed package tells itself apart from a checkpoint's copy of this file (see __init__).
 _RUNS_AS_PACKAGE = __name__.startswith("liteasr_hf.")
 
@@ -56,12 +69,18 @@ class LiteWhisperConfig(WhisperConfig):
     Dynamic encoder context: with `encoder_context_buckets` (seconds, ascending, e.g. [10, 15, 20]) the encoder runs on
     the smallest bucket that holds the audio plus `encoder_context_margin` seconds of the padding after it (the
     decoder needs some), or on the full window when none does. A batch takes the bucket of its longest clip. None (the
-    default) always runs the full 30 s window, as Whisper does."""
+    default) always runs the full 30 s window, as Whisper does.
+
+    `attention_kernel` picks the rank-space attention core's implementation under attn_implementation="liteasr":
+    "auto" (default: the Triton kernel on CUDA, PyTorch SDPA elsewhere, always on the CPU), "triton" (the kernel
+    wherever it can run, an error where it cannot) or "reference" (always PyTorch). A run-time choice: a config.json
+    without it (every published checkpoint) loads as "auto"; override with from_pretrained(path, attention_kernel=...)
+    or model.config.attention_kernel = .... The LITEASR_ATTENTION environment variable, when set, replaces "auto"."""
 
     model_type = "lite-whisper"
 
     def __init__(self, low_rank_config: list[dict[str, int]] | None = None, encoder_context_buckets=None,
-                 encoder_context_margin: float = 1.0, **kwargs):
+                 encoder_context_margin: float = 1.0, attention_kernel: str = "auto", **kwargs):
         # The checkpoint's custom ASR pipeline is for trust_remote_code users. With the package installed its own
         # pipeline is registered instead, and keeping the entry would make pipeline() demand trust_remote_code.
         if _RUNS_AS_PACKAGE:
@@ -74,6 +93,15 @@ class LiteWhisperConfig(WhisperConfig):
         check_context(encoder_context_buckets, encoder_context_margin, self.max_source_positions * ENCODER_FRAME_SECONDS)
         self.encoder_context_buckets = None if encoder_context_buckets is None else [float(b) for b in encoder_context_buckets]
         self.encoder_context_margin = float(encoder_context_margin)
+        self.attention_kernel = attention_kernel  # validated by __setattr__
+
+    def __setattr__(self, key, value):
+        # Also catches what __init__ does not see: from_pretrained(..., attention_kernel=...) sets config kwargs
+        # with setattr after construction, as does model.config.attention_kernel = ....
+        if key == "attention_kernel" and (not isinstance(value, str) or value not in ATTENTION_KERNELS):
+            allowed = ", ".join(map(repr, ATTENTION_KERNELS))
+            raise ValueError(f"attention_kernel must be one of {allowed}, got {value!r}")
+        super().__setattr__(key, value)
 
     def _check_low_rank_config(self):
         layers = self.low_rank_config

@@ -34,7 +34,7 @@ from transformers.models.whisper.modeling_whisper import (
 
 from .attention_lite_whisper import attention_core
 from .generation_config_lite_whisper import complete_whisper_generation_config
-from .configuration_lite_whisper import ENCODER_FRAME_SECONDS, LOW_RANK_SHAPES, LiteWhisperConfig, check_context
+from .configuration_lite_whisper import ENCODER_FRAME_SECONDS, LOW_RANK_SHAPES, LiteWhisperConfig, check_context, projection_path
 from .pipeline_lite_whisper import LiteWhisperASRPipeline, register_asr_pipeline
 
 ATTN_IMPLEMENTATION = "liteasr"
@@ -108,7 +108,8 @@ class LiteWhisperAttention(WhisperAttention):
     is contracted into whichever operand is larger, so QK^T costs H T^2 min(kq, kk) instead of H T^2 d. A dense
     projection is the same with A = per-head q (W_Q2 = I). Values: S (C W_V2^i + b_V^i) = (S C) W_V2^i + b_V^i with
     C = X W_V1, since softmax rows sum to 1; PV costs H T^2 kv instead of H T^2 d.
-    Each part takes the rank-space form only when it is cheaper (rank < head_dim); `attention_core` does the rest.
+    Each part takes the rank-space form only when it is cheaper (rank < head_dim); `attention_core` does the rest, with
+    the implementation `config.attention_kernel` picks ("auto": the Triton kernel on CUDA, PyTorch elsewhere).
     When neither part pays (ranks >= head_dim, e.g. the paper's configuration (c)), attention runs on SDPA in dense
     space; the projections still run fused (see `_first_stage`, `_dense_space`).
     """
@@ -131,7 +132,8 @@ class LiteWhisperAttention(WhisperAttention):
             )
         q, k, v, key_bias = self.attention_operands(hidden_states)
         if self._qk_rank_space() or self._v_rank_space():
-            out = attention_core(q, k, v, key_bias)  # [B, H, T, r or d]
+            kernel = getattr(self.config, "attention_kernel", "auto")  # "auto" | "triton" | "reference"
+            out = attention_core(q, k, v, key_bias, kernel=kernel)  # [B, H, T, r or d]
         else:
             out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # the scale is folded into q
         if self._v_rank_space():
@@ -274,7 +276,7 @@ class LiteWhisperEncoderLayer(WhisperEncoderLayer):
             config=config,
         )
         for name, rank in (low_rank_config or {}).items():
-            owner = self if name in ("fc1", "fc2") else self.self_attn
+            owner = self.get_submodule(projection_path(name).rpartition(".")[0])  # "" is the layer itself
             setattr(owner, name, LowRankLinear(*LOW_RANK_SHAPES[name](config), rank))
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -396,9 +398,9 @@ class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
             return self._context_override
         return self.config.encoder_context_buckets, self.config.encoder_context_margin
 
-    @modeling_whisper.merge_with_config_defaults
-    @modeling_whisper.capture_outputs
-    def forward(self, input_features, attention_mask=None, **kwargs):
+    def context_input(self, input_features, attention_mask=None):
+        """The features cut or padded to the context the encoder runs on: the data-dependent step of `forward` (it
+        reads the audio's length), apart from `encode`, whose shapes then follow from the input's (CUDA graphs)."""
         full = self.full_frames()
         if input_features.shape[-1] > full:
             raise ValueError(f"the encoder takes at most {full} mel frames ({full * MEL_FRAME_SECONDS:g} s), got "
@@ -406,10 +408,19 @@ class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
         buckets, margin = self.context_settings()
         frames = context_frames(input_features, attention_mask, buckets, margin, full)
         if frames < input_features.shape[-1]:
-            input_features = input_features[..., :frames]
-        elif frames > input_features.shape[-1]:  # features cut short (padding="longest"): pad as the extractor would
-            input_features = torch.cat([input_features, padding_frames(input_features, frames)], dim=-1)
+            return input_features[..., :frames]
+        if frames > input_features.shape[-1]:  # features cut short (padding="longest"): pad as the extractor would
+            return torch.cat([input_features, padding_frames(input_features, frames)], dim=-1)
+        return input_features
 
+    @modeling_whisper.merge_with_config_defaults
+    @modeling_whisper.capture_outputs
+    def forward(self, input_features, attention_mask=None, **kwargs):
+        hidden_states = self.encode(self.context_input(input_features, attention_mask), **kwargs)
+        return modeling_whisper.BaseModelOutput(last_hidden_state=hidden_states)
+
+    def encode(self, input_features, **kwargs):
+        """Last hidden state [B, frames / 2, d] of features already at their context: stem, sliced positions, layers."""
         inputs_embeds = F.gelu(self.conv1(input_features))
         inputs_embeds = F.gelu(self.conv2(inputs_embeds)).permute(0, 2, 1)
         hidden_states = inputs_embeds + self.embed_positions.weight[: inputs_embeds.shape[1]]
@@ -417,7 +428,7 @@ class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
         for encoder_layer in self.layers:  # as WhisperEncoder.forward, LayerDrop included
             if not (self.training and self.layerdrop > 0.0 and torch.rand([]) < self.layerdrop):
                 hidden_states = encoder_layer(hidden_states, None, **kwargs)
-        return modeling_whisper.BaseModelOutput(last_hidden_state=self.layer_norm(hidden_states))
+        return self.layer_norm(hidden_states)
 
 
 class LiteWhisperModel(LiteWhisperPreTrainedModel, WhisperModel):
@@ -452,7 +463,7 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
         )
         config._attn_implementation = model.config._attn_implementation
 
-        expected = {f"layers.{i}.{'' if n in ('fc1', 'fc2') else 'self_attn.'}{n}": (n, r)
+        expected = {f"layers.{i}.{projection_path(n)}": (n, r)
                     for i, layer in enumerate(config.low_rank_config) for n, r in layer.items()}
         if set(factors) != set(expected):
             missing, extra = sorted(set(expected) - set(factors)), sorted(set(factors) - set(expected))

@@ -2,8 +2,9 @@
 
 Ships inside checkpoints (trust_remote_code): import siblings with single-dot imports only, and
 import nothing from this file unguarded -- machines without triton (CPU, Mac) must still import it;
-``HAS_TRITON`` says whether the kernel is usable, and ``attention_lite_whisper.attention_core`` falls
-back to the plain PyTorch reference where it is not.
+``HAS_TRITON`` says whether triton imported and ``interpreter_enabled()`` whether the kernel was built for
+Triton's CPU interpreter; ``attention_lite_whisper.attention_core`` decides where the kernel runs (its
+``kernel`` choice: "auto", "triton" or "reference") and falls back to the plain PyTorch reference elsewhere.
 
 Operands (any strides; a stride of 0 over heads for shared operands is fine):
   q        [B, H,  Tq, Dqk]   softmax scale already folded in
@@ -32,8 +33,6 @@ fp32 inputs use IEEE fp32 dot products unless ``torch.backends.cuda.matmul.allow
 fp32 results match PyTorch's fp32 attention.
 """
 
-import os
-
 import torch
 
 try:  # guarded: CPU-only / Mac installs have no triton
@@ -50,8 +49,10 @@ LOG2E = 1.4426950408889634
 
 
 def interpreter_enabled():
-    """True when TRITON_INTERPRET=1 was set (it must be set before triton is imported)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when this module's kernel was built for Triton's CPU interpreter, i.e. TRITON_INTERPRET=1 was set when
+    the module was imported (``@triton.jit`` picks the interpreter once, at definition). Setting or clearing the
+    variable later changes nothing: the kernel stays what it was built as."""
+    return _INTERPRETED
 
 
 def split_dim(d):
@@ -250,6 +251,12 @@ if HAS_TRITON:
         key=["DQK", "DV", "HAS_BIAS", "TQ", "TK"],
         prune_configs_by={"early_config_prune": _prune_configs},
     )(_attn_fwd)
+
+
+# What @triton.jit built: an InterpretedFunction under TRITON_INTERPRET=1 (runs on CPU tensors only), else a
+# JITFunction (compiles for the GPU). The class name, not an import of it: the interpreter's module path moved
+# between triton releases. Read once here; the environment variable may change afterwards.
+_INTERPRETED = HAS_TRITON and type(_attn_fwd).__name__ == "InterpretedFunction"
 
 
 def attention_core_triton(q, k, v, key_bias=None):

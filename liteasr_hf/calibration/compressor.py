@@ -1,0 +1,340 @@
+"""The LiteASR recipe as a Python API: audio -> statistics -> spectra -> ranks -> factors -> refinement -> stages ->
+lite model -> checkpoint and model card.
+
+    from liteasr_hf import CompressionConfig, compress, save_compressed
+    lite = compress(model, processor, clips, CompressionConfig(target_size=0.8))
+    save_compressed(lite, "lite-whisper-base", processor)
+
+`Compressor` keeps what several compressions of one model and one calibration set share (one statistics pass,
+spectra per padding weight, log-mels, sensitivity gains, the dense model's outputs and transcripts), so a sweep
+compresses at many sizes for the price of one pass. Under `accelerate launch` the statistics pass is sharded over
+the processes and summed; the rest runs on the main process (`compress` returns None elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Sequence
+
+import torch
+
+from .config import CompressionConfig
+from .features import features_of
+from .stats import CalibrationStats, collect, spectra
+
+logger = logging.getLogger(__name__)
+INFO_FILE = "calibration.json"
+
+
+def _windows(audio) -> tuple[list[tuple[str, object]], int]:
+    """([(id, 16 kHz mono array of at most 30 s)], number of clips) from Clips, arrays, or (id, array) pairs; longer
+    audio is cut into windows."""
+    from ..audio import Clip, to_mono_16k, window_items
+
+    clips = []
+    for i, a in enumerate(audio):
+        if isinstance(a, Clip):
+            clips.append(a)
+        elif isinstance(a, tuple) and len(a) == 2:
+            clips.append(Clip(str(a[0]), to_mono_16k(a[1], 16_000, str(a[0]))))
+        else:
+            clips.append(Clip(f"clip{i}", to_mono_16k(a, 16_000, f"clip {i}")))
+    if not clips:
+        raise ValueError("no calibration audio: give at least one clip")
+    return window_items(clips), len(clips)
+
+
+def load_whisper(name: str, device="cpu", dtype=torch.float32):
+    """(dense WhisperForConditionalGeneration, WhisperProcessor) from a bundled name ("bundled/whisper-base"), a local
+    folder or a Hub id; a LiteASR checkpoint or another model type is a ValueError."""
+    from transformers import PretrainedConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+    from ..conversion import load_error, resolve_model
+
+    path = resolve_model(name)
+    try:
+        cfg, _ = PretrainedConfig.get_config_dict(path)
+        archs = " ".join(cfg.get("architectures") or [])
+        if "lite" in cfg.get("model_type", "").lower() or "LiteWhisper" in archs or cfg.get("low_rank_config"):
+            raise ValueError(f"{name} is already a LiteASR (low-rank) model; calibrate its dense Whisper original instead")
+        if cfg.get("model_type") != "whisper":
+            raise ValueError(f"{name} is not a Whisper model (model_type {cfg.get('model_type')!r})")
+        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        processor = WhisperProcessor.from_pretrained(path)
+    except OSError as e:  # offline, or a Hub id that does not exist
+        raise load_error(name, path, e) from e
+    model.name_or_path = name  # the name as given ("bundled/whisper-base"), for the card
+    return model.to(device).eval(), processor
+
+
+class Compressor:
+    """A dense Whisper model and its calibration audio (Clips from `liteasr_hf.audio.load_clips`, 16 kHz mono
+    arrays, or (id, array) pairs), compressed under any `CompressionConfig` by `compress`.
+
+    resume_stats: statistics files to start from (merged; windows already counted are skipped);
+    save_stats: where the statistics are saved, every `save_every` windows during the pass and at its end.
+    """
+
+    def __init__(self, model, processor, audio, *, batch_size: int = 8, resume_stats: Sequence[str] = (),
+                 save_stats: str | None = None, save_every: int = 32, progress: bool = True):
+        if getattr(model.config, "model_type", None) != "whisper":
+            raise ValueError(f"compress a dense Whisper model (model_type 'whisper'), got {getattr(model.config, 'model_type', None)!r}")
+        self.model, self.processor = model.eval(), processor
+        self.windows, self.num_clips = _windows(audio)
+        self.batch_size, self.progress = batch_size, progress
+        self.resume_stats, self.save_stats, self.save_every = list(resume_stats), save_stats, save_every
+        self._stats = None
+        self._spectra: dict = {}
+        self._gains: dict = {}
+        self._features = self._targets = self._tokens = None
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.model.parameters()).dtype
+
+    # ---- what compressions share ----------------------------------------------------------------------
+
+    def statistics(self) -> CalibrationStats | None:
+        """The dense model's statistics over the windows (one pass, cached). Under accelerate each process counts
+        its shard and the sums are reduced; None on processes other than the main one."""
+        from accelerate import PartialState
+
+        if self._stats is None:
+            state = PartialState()
+            stats = CalibrationStats.for_encoder(self.model.get_encoder())
+            for path in self.resume_stats:
+                loaded = CalibrationStats.load(path)
+                if {n: s.dim for n, s in loaded.linears.items()} != {n: s.dim for n, s in stats.linears.items()}:
+                    raise ValueError(f"{path} holds statistics of a different model")
+                if not state.is_main_process:  # the sums are reduced once: other processes only skip what is seen
+                    loaded = CalibrationStats({n: s.dim for n, s in stats.linears.items()}, loaded.seen)
+                stats.merge_(loaded)
+            shard = self.windows[state.process_index :: state.num_processes]
+            seen = set(stats.seen)
+            if any(i not in seen for i, _ in shard):
+                save = self.save_stats if state.num_processes == 1 else None  # shards are saved once, after the reduce
+                stats = collect(self.model, self.processor.feature_extractor, shard, stats, batch_size=self.batch_size,
+                                device=self.device, dtype=self.dtype, total=len(shard), save_every=self.save_every,
+                                save_path=save, progress=self.progress)
+            stats.all_reduce_()
+            if self.save_stats and state.is_main_process:
+                stats.save(self.save_stats)
+            if not state.is_main_process:
+                return None
+            self._stats = stats
+        return self._stats
+
+    def spectra(self, padding_weight) -> dict:
+        """{linear: (mean, eigenvalues, eigenvectors)} of the statistics at this padding weight (cached)."""
+        if padding_weight not in self._spectra:
+            self._spectra[padding_weight] = spectra(self.statistics(), padding_weight, progress=self.progress)
+        return self._spectra[padding_weight]
+
+    def features(self):
+        """(log-mels, real-audio frames) of every window (cached)."""
+        if self._features is None:
+            self._features = features_of(self.processor.feature_extractor, [a for _, a in self.windows])
+        return self._features
+
+    def probes(self, probe_clips: int):
+        """(log-mels, real frames) of the first `probe_clips` windows: the sensitivity probes. With several datasets
+        these are the first one's (spreading them over the set measured no better: docs/results.md, multilingual)."""
+        feats, real = self.features()
+        return feats[:probe_clips], real[:probe_clips]
+
+    def gains(self, padding_weight, probe_clips: int) -> dict:
+        """Each linear's measured sensitivity (sensitivity.measure_gains) on `probes(probe_clips)` (cached)."""
+        from .sensitivity import measure_gains
+
+        key = (padding_weight, probe_clips)
+        if key not in self._gains:
+            self._gains[key] = measure_gains(self.model, *self.probes(probe_clips), self.spectra(padding_weight),
+                                             pad_weight=padding_weight, batch_size=self.batch_size, progress=self.progress)
+        return self._gains[key]
+
+    def teacher(self, tokens: bool):
+        """(dense encoder outputs, dense transcripts with their log-probabilities or None) for refinement (cached)."""
+        from .refine import teacher_outputs, teacher_tokens
+
+        feats, _ = self.features()
+        if self._targets is None:
+            self._targets = teacher_outputs(self.model, feats, self.batch_size)
+        if tokens and self._tokens is None:
+            self._tokens = teacher_tokens(self.model, feats, self.batch_size)
+        return self._targets, self._tokens if tokens else None
+
+    # ---- the recipe ---------------------------------------------------------------------------------------
+
+    def compress(self, config: CompressionConfig | None = None):
+        """The lite model (LiteWhisperForConditionalGeneration) for `config`, its record in `lite.liteasr_calibration`
+        (what save_compressed writes into calibration.json). The dense model is left unchanged."""
+        from ..lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS
+        from .factors import build_lite_model, densify
+        from .ranks import encoder_size
+
+        config = config or CompressionConfig()
+        t0 = time.perf_counter()
+        window = self.model.config.max_source_positions * ENCODER_FRAME_SECONDS
+        buckets, margin = config.context(window)
+        if self.statistics() is None:
+            return None
+        current, sizes, stages, lite = self.model, [*config.stages, config.target_size], [], None
+        for i, size in enumerate(sizes):
+            if len(sizes) > 1:
+                logger.info("stage %d/%d: %.0f %% of the dense encoder", i + 1, len(sizes), 100 * size)
+            if i:  # the next stage compresses what the last one built, re-measured on the calibration windows
+                current = densify(self.model, lite).to(self.device)
+                stats = collect(current, self.processor.feature_extractor, self.windows,
+                                CalibrationStats.for_encoder(current.get_encoder()), batch_size=self.batch_size,
+                                device=self.device, dtype=self.dtype, total=len(self.windows), progress=self.progress)
+                pcas = spectra(stats, config.padding_weight, progress=self.progress)
+                gains = None
+            else:
+                pcas = self.spectra(config.padding_weight)
+                gains = self.gains(config.padding_weight, config.probe_clips) if (
+                    size is not None and config.allocation == "sensitivity") else None
+            ranks, selection = self._ranks(current, pcas, size, config, gains)
+            lite = build_lite_model(current, ranks, self._factors(current, pcas, ranks, config))
+            stage = {"size": size}
+            if config.refine_steps:
+                stage["refine"] = self._refine(lite, config, (buckets, margin))
+            stages.append(stage)
+            current = None  # a later stage's densified copy is spent once its lite model exists
+        lite.config.encoder_context_buckets, lite.config.encoder_context_margin = buckets, margin
+        if config.refine_steps:
+            selection["refine"] = stages[-1]["refine"]
+        if config.stages:
+            selection["stages"] = stages
+            selection["description"] += ", reached in stages " + " → ".join(f"{st['size']:.0%}" for st in stages)
+        encoder = self.model.get_encoder()
+        lite_params, dense_params = encoder_size(encoder, ranks)
+        stats = self.statistics()
+        lite.liteasr_calibration = {
+            "base_model": getattr(self.model, "name_or_path", "") or "unknown",
+            "num_layers": len(encoder.layers),
+            "ranks": ranks,
+            "size": {"lite": lite_params, "dense": dense_params, "fraction": lite_params / dense_params},
+            "selection": selection,
+            "context": {"buckets": buckets, "margin": margin},
+            "config": config.to_dict(),
+            "calibration": {"clips": self.num_clips, "windows": len(stats.seen), "frames": stats.frames(), "padding_weight": config.padding_weight,
+                            "seed": config.seed, "seconds": time.perf_counter() - t0, "device": str(self.device),
+                            "dtype": str(self.dtype).removeprefix("torch."), "peak_memory_gb": peak_memory_gb(self.device)},
+        }
+        return lite.eval()
+
+    def _ranks(self, model, pcas, size, config, gains):
+        """(ranks, selection record): `size` by sensitivity or variance, or the θ rule (size None)."""
+        from .ranks import linear_budget, linear_dims, target_ranks, theta_ranks
+        from .sensitivity import allocate
+
+        encoder = model.get_encoder()
+        dims = linear_dims(encoder)
+        evals = {n: p[1] for n, p in pcas.items()}
+        common = {"sequential": config.sequential, "refine_steps": config.refine_steps, "refine_context": config.refine_context}
+        if size is not None and config.allocation == "sensitivity":
+            if gains is None:  # a later stage: its own model's gains
+                from .sensitivity import measure_gains
+
+                gains = measure_gains(model, *self.probes(config.probe_clips), pcas, pad_weight=config.padding_weight,
+                                      batch_size=self.batch_size, progress=self.progress)
+            ranks = allocate(evals, dims, gains, linear_budget(encoder, size))
+            return ranks, {"mode": "target-size", "target_size": size, "allocation": "sensitivity", **common,
+                           "description": f"target size {size:.0%} of the dense encoder, greedy by measured effect on the encoder output per parameter"}
+        if size is not None:
+            ranks = target_ranks(evals, dims, linear_budget(encoder, size))
+            return ranks, {"mode": "target-size", "target_size": size, "allocation": "variance", **common,
+                           "description": f"target size {size:.0%} of the dense encoder, greedy by variance kept per parameter"}
+        ta, tm = config.thetas
+        custom = config.label == "custom"
+        label = "custom θ" if custom else f"preset {config.preset}"
+        return theta_ranks(evals, dims, ta, tm), {
+            "mode": "theta" if custom else config.preset, "preset": None if custom else config.preset, "theta_attn": ta,
+            "theta_mlp": tm, **common, "description": f"{label}: θ attention {ta}, θ MLP {tm} (smallest multiple of 16 above θ; eq. 8)"}
+
+    def _factors(self, model, pcas, ranks, config) -> dict:
+        """{linear: (weight1, weight2, bias)}: PCA factors of the statistics, or fitted layer by layer (sequential)."""
+        from .factors import factorize
+        from .sequential import calibrate, fixed_ranks
+
+        p = next(model.get_encoder().parameters())
+        if config.sequential == "off":
+            return factorize(model.get_encoder(), pcas, ranks, p.dtype)
+        feats, real = self.features()
+        factors, _, _ = calibrate(model, feats, real, fixed_ranks(ranks), target=config.sequential, pad_weight=config.padding_weight,
+                                  batch_size=self.batch_size, progress=self.progress)
+        return {n: tuple(t.to(p.device, p.dtype) for t in f) for n, f in factors.items()}
+
+    def _refine(self, lite, config, context) -> dict:
+        from .refine import refine
+
+        feats, real = self.features()
+        targets, tokens = self.teacher(tokens=bool(config.refine_kl))
+        done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=config.refine_kl, train=config.refine_train,
+                      steps=config.refine_steps, lr=config.refine_lr, warmup=config.refine_warmup, pad_weight=config.padding_weight,
+                      seed=config.seed, progress=self.progress, context=context if config.refine_context else None,
+                      mse_weight=0.0 if config.refine_context else 1.0)
+        return {k: done[k] for k in ("steps", "initial", "best")}
+
+
+def peak_memory_gb(device) -> float:
+    """Peak memory of this process: the accelerator's allocations, or on the CPU the resident set."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def compress(model, processor, audio, config: CompressionConfig | None = None, **kwargs):
+    """Compress `model` (a dense WhisperForConditionalGeneration) with calibration `audio` under `config` (default:
+    `CompressionConfig()`); keyword arguments go to `Compressor`. Returns the lite model."""
+    return Compressor(model, processor, audio, **kwargs).compress(config)
+
+
+def context_only(model, config: CompressionConfig | None = None):
+    """The dense weights unchanged, as lite-whisper with no low-rank layer and the config's dynamic encoder context:
+    what users who do not compress can still gain."""
+    from ..lite_whisper import LiteWhisperForConditionalGeneration
+    from ..lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS
+
+    config = config or CompressionConfig()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(model, [{} for _ in model.get_encoder().layers], {})
+    buckets, margin = config.context(model.config.max_source_positions * ENCODER_FRAME_SECONDS)
+    lite.config.encoder_context_buckets, lite.config.encoder_context_margin = buckets, margin
+    return lite
+
+
+def save_compressed(lite, folder: str, processor=None, *, base_model: str | None = None, dataset: str | None = None,
+                    command: str | None = None, repo: str | None = None) -> str:
+    """Write a complete lite checkpoint to `folder`: weights and config (the published LiteASR layout), the code files
+    for trust_remote_code, generation config, processor files, calibration.json (how it was made: the config, ranks,
+    sizes, data) and the model card (README.md). Returns the folder."""
+    from .. import __version__
+    from ..lite_whisper import save_lite_checkpoint
+    from .card import render_model_card
+
+    record = getattr(lite, "liteasr_calibration", None)
+    if record is None:
+        raise ValueError("save_compressed takes a model returned by compress(); save other lite models with save_lite_checkpoint")
+    try:  # an unwritable folder fails before anything is written
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output folder {folder} ({e.strerror or e})") from e
+    save_lite_checkpoint(lite, folder, processor)
+    calibration = dict(record["calibration"], dataset=dataset or "calibration audio given to compress()",
+                       command=command or "liteasr_hf.compress(...)")
+    info = {"name": os.path.basename(os.path.abspath(folder)), "version": __version__,
+            **{k: v for k, v in record.items() if k != "calibration"}, "calibration": calibration, "results": []}
+    info["base_model"] = base_model or record["base_model"]
+    with open(os.path.join(folder, INFO_FILE), "w") as f:
+        json.dump(info, f, indent=2)
+    render_model_card(folder, repo=repo)
+    return folder

@@ -1,0 +1,206 @@
+"""End-to-end transcription benchmark on real speech: dense vs lite vs lite + dynamic encoder context, per dtype and
+batch size, through generate() or pipeline(), with a faster-whisper row on the same weights when it is installed.
+
+Every row runs in this process on the same clips, interleaved over --rounds; the table gives wall time, real-time
+factor, speed-up against dense fp32 (full 30 s window) at the same batch size and path, the encoder's share of the
+time, and WER with its paired 95 % interval against that first row.
+
+    liteasr-hf benchmark-e2e --lite outputs/lite-whisper-base-size80        # shipped clips, quick
+    liteasr-hf benchmark-e2e --lite outputs/lite-whisper-base-size80 --dataset ../shared/data/speech-dev \\
+        --split evaluation --batch 1 8 --json outputs/e2e.json                # the README's table
+
+In a checkout, `python scripts/benchmark_e2e.py ...` runs the same command (with the package installed: `pip install -e .`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+DEFAULT_ROWS = ["dense/fp32/full", "dense/bf16/full", "dense/cpu/dynamic", "lite/fp32/full", "lite/bf16/dynamic",
+                "lite/cpu/dynamic"]
+ROW_DTYPES = ("fp32", "bf16", "fp16", "cpu", "cpu-int8")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from liteasr_hf.conversion import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(prog="liteasr-hf benchmark-e2e", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dense", default=DEFAULT_MODEL, help=f"dense Whisper: bundled name, folder or Hub id (default {DEFAULT_MODEL})")
+    p.add_argument("--lite", help="lite checkpoint folder or Hub id (rows 'lite/...'; default: none, dense rows only)")
+    p.add_argument("--rows", nargs="+", default=None, metavar="MODEL/DTYPE/CONTEXT",
+                   help="MODEL dense|lite, DTYPE fp32|bf16|fp16|cpu|cpu-int8 (liteasr_hf.optimize_for_cpu: a bf16 encoder where "
+                        "the CPU has it, and an fp32 (cpu) or int8 (cpu-int8) decoder), CONTEXT full|dynamic (the first row is the reference; "
+                        f"default: {' '.join(DEFAULT_ROWS)}, lite rows only with --lite)")
+    p.add_argument("--buckets", type=float, nargs="+", default=None, metavar="SECONDS",
+                   help="context buckets of the 'dynamic' rows (default: the lite checkpoint's encoder_context_buckets, else 10 15 20)")
+    p.add_argument("--margin", type=float, default=None, help="seconds of padding kept after the audio (default: the checkpoint's, else 1.0)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    p.add_argument("--path", nargs="+", choices=["generate", "pipeline"], default=["generate"],
+                   help="generate: the project's batched transcribe(); pipeline: pipeline('automatic-speech-recognition')")
+    p.add_argument("--faster-whisper", default="auto", metavar="FOLDER|auto|off",
+                   help="CTranslate2 folder of the dense weights for the faster-whisper rows (auto: the bundled one for a bundled --dense)")
+    p.add_argument("--faster-whisper-compute", nargs="+", default=["int8"], help="faster-whisper compute types (default int8)")
+    p.add_argument("--dataset", help="local audiofolder or Hub dataset (default: the clips shipped in the package)")
+    p.add_argument("--split", help="split.json key or Hub split (default for the shipped clips: evaluation)")
+    p.add_argument("--limit", type=int, help="at most this many clips")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; wall time is their median (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch and CTranslate2 threads (default: torch's)")
+    p.add_argument("--json", default="outputs/e2e.json", help="results, with every row's transcripts")
+    g = p.add_argument_group("random weights of a model's exact shapes (speed only; large models without their weights)")
+    g.add_argument("--random-shape", default=None, metavar="SHAPE",
+                   help="instead of --dense / --lite: random weights of this shape (tiny, base, small, medium, large-v3, "
+                        "large-v3-turbo), the clips for their lengths, --tokens decoded per clip; rows dense and lite, "
+                        "full and dynamic context, and on CUDA lite with the encoder replayed from a CUDA graph per bucket")
+    g.add_argument("--random-ranks", default="c-like", metavar="SPEC",
+                   help="the random lite model's ranks: c-like (the paper's configuration (c), scaled), fraction:F or "
+                        "NAME=RANK pairs, as `liteasr-hf benchmark --ranks`")
+    g.add_argument("--tokens", type=int, default=64, help="new tokens decoded per clip in --random-shape rows")
+    g.add_argument("--device", default=None, help="--random-shape rows: cuda or cpu (default: cuda if available)")
+    g.add_argument("--random-dtype", default=None, choices=["fp16", "bf16", "fp32"], help="--random-shape rows (default: fp16 on CUDA, fp32 on CPU)")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.random_shape:
+        from liteasr_hf.evaluation.random_e2e import RANDOM_SHAPES
+
+        if args.random_shape not in RANDOM_SHAPES:
+            p.error(f"--random-shape: unknown shape {args.random_shape!r}; known: {', '.join(RANDOM_SHAPES)}")
+        if args.tokens < 1:
+            p.error("--tokens must be at least 1")
+    rows = args.rows or [r for r in DEFAULT_ROWS if args.lite or not r.startswith("lite")]
+    for r in rows:
+        parts = r.split("/")
+        if len(parts) != 3 or parts[0] not in ("dense", "lite") or parts[1] not in ROW_DTYPES or parts[2] not in ("full", "dynamic"):
+            p.error(f"--rows: {r!r} is not MODEL/DTYPE/CONTEXT with MODEL dense|lite, DTYPE fp32|bf16|fp16|cpu|cpu-int8, CONTEXT full|dynamic")
+        if parts[0] == "lite" and not args.lite and not args.random_shape:
+            p.error(f"--rows: {r!r} needs --lite")
+    if any(b < 1 for b in args.batch) or args.rounds < 1:
+        p.error("--batch and --rounds must be at least 1")
+    args.rows = rows
+    return args
+
+
+def random_main(args) -> int:
+    """--random-shape: dense vs lite, full vs dynamic context (and CUDA graphs per bucket on CUDA), fixed tokens."""
+    import torch
+    from transformers import WhisperFeatureExtractor
+
+    from liteasr_hf.evaluation import end_to_end as e2e
+    from liteasr_hf.evaluation import random_e2e as r
+    from liteasr_hf.evaluation.run import load_groups
+
+    from .benchmark import rank_profile
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = e2e.DTYPES[args.random_dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    clips = [c for _, group in load_groups(args.dataset, split=args.split, limit=args.limit) for c in group]
+    dense = r.random_whisper(args.random_shape, device, dtype)
+    lite = r.random_lite(dense, rank_profile(args.random_ranks, dense.config))
+    dense_ctx = e2e.as_lite(dense)  # the dense weights, as lite-whisper so they can take the context
+    buckets = args.buckets or [10.0, 15.0, 20.0]
+    margin = 1.0 if args.margin is None else args.margin
+    fe = WhisperFeatureExtractor(feature_size=dense.config.num_mel_bins)
+    rows, graphs = {}, r.CUDAGraphEncoder(lite.get_encoder())  # one graph per (batch, bucket), shared by the rounds
+    for batch in args.batch:
+        for label, model, context in (("dense full", dense, None), ("dense dynamic", dense_ctx, buckets),
+                                      ("lite full", lite, None), ("lite dynamic", lite, buckets)):
+            run = r.fixed_tokens_runner(model, fe, batch, args.tokens)
+            rows[f"{label} b{batch}"] = r.in_context(model, context, margin, run)
+        if device.type == "cuda":
+            run = r.fixed_tokens_runner(lite, fe, batch, args.tokens)
+            rows[f"lite dynamic + CUDA graphs b{batch}"] = r.in_context(lite, buckets, margin, run, graphs)
+    results = r.run_random_rows(rows, [c.audio for c in clips], args.rounds)
+    settings = {"shape": args.random_shape, "ranks": args.random_ranks, "device": str(device), "dtype": str(dtype),
+                "tokens": args.tokens, "clips": len(clips), "audio_s": sum(c.seconds for c in clips), "buckets": buckets,
+                "margin": margin, "rounds": args.rounds, "machine": e2e.machine(), "torch": torch.__version__,
+                "dataset": args.dataset or "shipped clips", "split": args.split}
+    print(f"random {args.random_shape} weights (speed only), {len(clips)} clips, {args.tokens} tokens each, {device} {dtype}\n")
+    print("| row | wall s | x dense full (same batch) |\n|---|---|---|")
+    for res in results:
+        batch = res["row"].rsplit(" b", 1)[1]
+        ref = next(x for x in results if x["row"] == f"dense full b{batch}")
+        res["speedup"] = ref["wall_s"] / res["wall_s"]
+        print(f"| {res['row']} | {res['wall_s']:.2f} | {res['speedup']:.2f} |")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"settings": settings, "results": results}, f, indent=1)
+    print(f"\nresults: {args.json}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.random_shape:
+        return random_main(args)
+    import torch
+
+    from liteasr_hf.conversion import BUNDLED_MODELS
+    from liteasr_hf.cpu import cpu_bf16_support, optimize_for_cpu
+    from liteasr_hf.conversion.bundled import ct2_folder
+    from liteasr_hf.evaluation import end_to_end as e2e
+    from liteasr_hf.evaluation.run import load_groups, load_model
+    from liteasr_hf.generation import generate_kwargs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    clips = [c for _, group in load_groups(args.dataset, split=args.split, limit=args.limit) for c in group]
+    models = {}
+
+    def model(kind, dtype):
+        if (kind, dtype) not in models:
+            m, processor, _ = load_model(args.lite if kind == "lite" else args.dense, dtype=e2e.DTYPES.get(dtype, torch.float32))
+            m = e2e.as_lite(m)
+            if dtype.startswith("cpu"):
+                m = optimize_for_cpu(m, decoder="int8" if dtype == "cpu-int8" else "fp32")
+            models[kind, dtype] = (m, processor)
+        return models[kind, dtype]
+
+    lite_config = model("lite", "fp32")[0].config if args.lite else None
+    buckets = args.buckets or (lite_config and lite_config.encoder_context_buckets) or [10.0, 15.0, 20.0]
+    margin = args.margin if args.margin is not None else (lite_config.encoder_context_margin if lite_config else 1.0)
+    rows = []
+    for path in args.path:
+        for batch in args.batch:
+            for spec in args.rows:
+                kind, dtype, context = spec.split("/")
+                m, processor = model(kind, dtype)
+                gen = generate_kwargs(m, "en")
+                row = e2e.Row(f"{spec} b{batch} {path}", None)
+                row.run = e2e.transformers_runner(m, processor, batch_size=batch, path=path, gen=gen, margin=margin,
+                                                  buckets=buckets if context == "dynamic" else None, timer_box=row.encoder_seconds)
+                rows.append(row)
+    fw = args.faster_whisper
+    if fw == "auto":
+        fw = ct2_folder(args.dense) if args.dense in BUNDLED_MODELS else "off"
+    if fw != "off":
+        for batch in args.batch:
+            for compute in args.faster_whisper_compute:
+                run = e2e.faster_whisper_runner(fw, compute, threads, "en", 128, batch_size=batch)
+                if run is None:
+                    print("faster-whisper is not installed: no faster-whisper row (pip install faster-whisper)", file=sys.stderr)
+                    break
+                rows.append(e2e.Row(f"faster-whisper {compute} b{batch}", run))
+    e2e.run_rows(rows, clips, args.rounds)
+    # faster-whisper rows compare with the transformers rows of their batch size through generate
+    results = e2e.summarize(rows, clips, group=lambda label: label.split(" ", 1)[1] if not label.startswith("faster")
+                            else label.rsplit(" ", 1)[1] + " generate")
+    settings = {"clips": len(clips), "audio_s": sum(c.seconds for c in clips), "machine": e2e.machine(),
+                "torch": torch.__version__, "threads": threads, "bf16": cpu_bf16_support(), "rounds": args.rounds,
+                "buckets": buckets, "margin": margin, "dense": args.dense, "lite": args.lite,
+                "dataset": args.dataset or "shipped clips", "split": args.split}
+    print(e2e.markdown(results, settings))
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"settings": settings, "results": results}, f, indent=1)
+    print(f"\nresults: {args.json}", file=sys.stderr)
+    return 0
