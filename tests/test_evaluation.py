@@ -208,3 +208,26 @@ def test_groups_by_language_and_transcribes_each_clip_in_its_language(tmp_path, 
     assert sorted(asked) == [("de", 2), ("fr", 1)]
     assert set(result["sources"]) == {"de", "fr"} and result["sources"]["fr"]["wer"] == 0.0
     assert result["sources"]["de"]["wer"] == 0.5  # "guten tag" heard as "hallo welt"
+
+
+def test_table_gives_each_source_its_own_interval():
+    """With several sources (languages), each model's difference per source, its interval over that source's clips
+    (none from a single clip)."""
+    def result(name, hyps, sources):
+        utts = [Utterance(str(i), src, 1.0, "a b c d e", h, False) for i, (h, src) in enumerate(zip(hyps, sources))]
+        by = {}
+        for src in dict.fromkeys(sources):
+            row = score([u for u in utts if u.source == src])
+            for k in ("references", "hypotheses", "errors", "utterance_words"):
+                row.pop(k)
+            by[src] = dict(row, wall_s=1.0, rtf=1.0)
+        s = score(utts)
+        per = [dict(id=u.id, source=u.source, errors=e, words=w) for u, e, w in zip(utts, s.pop("errors"), s.pop("utterance_words"))]
+        cost = dict(params=1, dense_params=1, flops=1, dense_flops=1)
+        return dict(model=name, encoder=cost, sources=by, summary=dict(s, wall_s=1.0, rtf=1.0), worst=[], utterances=per)
+
+    sources = ["de"] * 10 + ["fr"]
+    dense = result("dense", ["a b c d e"] * 11, sources)
+    lite = result("lite", ["a b c d"] * 10 + ["a b c d e"], sources)  # de: one deletion a clip; fr: none
+    table = markdown([lite, dense])
+    assert "| model | de | fr |" in table and "| lite | +20.00 (+20.00, +20.00) | +0.00 (1 clip) |" in table
