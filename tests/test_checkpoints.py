@@ -234,7 +234,7 @@ def test_bare_published_generation_config_generates_the_full_transcript(tiny_en_
 
     dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_path).eval()
     processor = AutoProcessor.from_pretrained(tiny_en_path)
-    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, [{}] * dense.config.encoder_layers, {})
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense)
     folder = save_lite_checkpoint(lite, str(tmp_path / "saved"), processor=processor)
     assert WhisperTokenizer_normalizer(folder)
     published = published_layout(folder, tmp_path / "published")

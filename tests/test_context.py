@@ -213,7 +213,7 @@ def real_context_model(tiny_en_path):
     from transformers import AutoProcessor, WhisperForConditionalGeneration
 
     dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_path).eval()
-    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, [{}] * dense.config.encoder_layers, {})
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense)
     lite.config.encoder_context_buckets, lite.config.encoder_context_margin = [10.0, 15.0, 20.0], 1.0
     return dense, lite, AutoProcessor.from_pretrained(tiny_en_path)
 

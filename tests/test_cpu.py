@@ -67,7 +67,7 @@ def test_real_speech_in_low_precision_on_cpu(tiny_en_path, how):
     features = processor(clip.audio, sampling_rate=16_000, return_tensors="pt").input_features
     dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_path).eval()
     want = processor.batch_decode(dense.generate(features, num_beams=1), skip_special_tokens=True)[0]
-    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, [{}] * dense.config.encoder_layers, {})
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense)
     lite.config.encoder_context_buckets = [10.0, 15.0, 20.0]
     if how.startswith("optimize_for_cpu"):
         model = optimize_for_cpu(lite, decoder="int8" if how.endswith("int8") else None)

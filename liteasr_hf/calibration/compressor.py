@@ -145,21 +145,21 @@ class Compressor:
             self._features = features_of(self.processor.feature_extractor, [a for _, a in self.windows])
         return self._features
 
-    def probes(self, probe_clips: int):
-        """(log-mels, real frames) of the first `probe_clips` windows: the sensitivity probes. With several datasets
-        these are the first one's (spreading them over the set measured no better: docs/results.md, multilingual)."""
-        feats, real = self.features()
-        return feats[:probe_clips], real[:probe_clips]
-
-    def gains(self, padding_weight, probe_clips: int) -> dict:
-        """Each linear's measured sensitivity (sensitivity.measure_gains) on `probes(probe_clips)` (cached)."""
+    def gains(self, padding_weight, probe_clips: int, model=None, pcas=None) -> dict:
+        """Each linear's measured sensitivity (sensitivity.measure_gains) on the first `probe_clips` windows: of the
+        dense model (cached), or of `model` with its `pcas` (a later stage's)."""
         from .sensitivity import measure_gains
 
         key = (padding_weight, probe_clips)
-        if key not in self._gains:
-            self._gains[key] = measure_gains(self.model, *self.probes(probe_clips), self.spectra(padding_weight),
-                                             pad_weight=padding_weight, batch_size=self.batch_size, progress=self.progress)
-        return self._gains[key]
+        if model is None and key in self._gains:
+            return self._gains[key]
+        feats, real = self.features()
+        gains = measure_gains(model or self.model, feats[:probe_clips], real[:probe_clips],
+                              self.spectra(padding_weight) if model is None else pcas, pad_weight=padding_weight,
+                              batch_size=self.batch_size, progress=self.progress)
+        if model is None:
+            self._gains[key] = gains
+        return gains
 
     def teacher(self, tokens: bool):
         """(dense encoder outputs, dense transcripts with their log-probabilities or None) for refinement (cached)."""
@@ -244,10 +244,7 @@ class Compressor:
         common = {"sequential": config.sequential, "refine_steps": config.refine_steps, "refine_context": config.refine_context}
         if size is not None and config.allocation == "sensitivity":
             if gains is None:  # a later stage: its own model's gains
-                from .sensitivity import measure_gains
-
-                gains = measure_gains(model, *self.probes(config.probe_clips), pcas, pad_weight=config.padding_weight,
-                                      batch_size=self.batch_size, progress=self.progress)
+                gains = self.gains(config.padding_weight, config.probe_clips, model, pcas)
             ranks = allocate(evals, dims, gains, linear_budget(encoder, size))
             return ranks, {"mode": "target-size", "target_size": size, "allocation": "sensitivity", **common,
                            "description": f"target size {size:.0%} of the dense encoder, greedy by measured effect on the encoder output per parameter"}
@@ -312,7 +309,7 @@ def context_only(model, config: CompressionConfig | None = None):
     from ..lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS
 
     config = config or CompressionConfig()
-    lite = LiteWhisperForConditionalGeneration.from_whisper(model, [{} for _ in model.get_encoder().layers], {})
+    lite = LiteWhisperForConditionalGeneration.from_whisper(model)
     buckets, margin = config.context(model.config.max_source_positions * ENCODER_FRAME_SECONDS)
     lite.config.encoder_context_buckets, lite.config.encoder_context_margin = buckets, margin
     return lite

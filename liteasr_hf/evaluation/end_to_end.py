@@ -64,8 +64,7 @@ def as_lite(model):
 
     if isinstance(model, LiteWhisperForConditionalGeneration):
         return model
-    layers = [{} for _ in range(model.config.encoder_layers)]
-    return LiteWhisperForConditionalGeneration.from_whisper(model, layers, {})
+    return LiteWhisperForConditionalGeneration.from_whisper(model)
 
 
 def transformers_runner(model, processor, *, batch_size, buckets, margin, path, gen, timer_box):

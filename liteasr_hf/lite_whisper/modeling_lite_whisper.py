@@ -447,14 +447,16 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
         self.post_init()
 
     @classmethod
-    def from_whisper(cls, model, low_rank_config, factors):
-        """Lite model from a dense `WhisperForConditionalGeneration` and factor tensors.
+    def from_whisper(cls, model, low_rank_config=None, factors=None):
+        """Lite model from a dense `WhisperForConditionalGeneration` and factor tensors; with neither, the dense
+        weights as lite-whisper with no low-rank layer (what the dynamic encoder context needs).
 
         `factors` maps dense module names relative to the encoder ("layers.0.self_attn.q_proj", "layers.3.fc1") to
         (weight1 [in, k], weight2 [k, out], bias [out]); exactly the names in `low_rank_config` must be present.
         Everything else is copied from `model`, so the result shares no tensor with it. Factors are cast to the
         dense model's dtype and device.
         """
+        factors = factors or {}
         config_dict = model.config.to_dict()
         for key in ("model_type", "architectures", "auto_map", "custom_pipelines", "_name_or_path"):
             config_dict.pop(key, None)
