@@ -1,16 +1,15 @@
 """The fastest CPU setting for transcription, measured on a 2-core Xeon with AMX: see docs/benchmarks.md.
 
 The encoder is matrix-matrix work, where bf16 on AMX is about 2.4x fp32. A decoder step at batch 1 is a chain of
-matrix-vector products whose cost is reading the weights: there oneDNN's bf16 is slower than fp32, and int8 (dynamic
-quantization) reads a quarter of the bytes but looped on 1 of 115 evaluation clips where fp32 and bf16 did not. At
-batch 8 the decoder's products have 8 rows and bf16 is fastest. Hence `optimize_for_cpu`: bf16 where the CPU has it,
-the decoder's precision a choice.
+matrix-vector products whose cost is reading the weights from memory (base: 194 MB of fp32 a token, more than half of
+it the output projection): there oneDNN's bf16 is no faster than fp32, and int8 weights read a quarter of the bytes.
+At batch 8 the decoder's products have 8 rows and bf16 is fastest. Hence `optimize_for_cpu`: bf16 where the CPU has
+it, the decoder's precision a choice.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 
 import torch
 from torch import nn
@@ -46,14 +45,80 @@ def _cast_output(dtype):
     return hook
 
 
+def _int8_per_channel(weight):
+    """(int8 weight, float32 scale per output row): symmetric, scale = max |w| / 127 of the row."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+class Int8Linear(nn.Module):
+    """`nn.Linear` for matrix-vector work on the CPU: int8 weights with one scale per output row, activations in
+    bf16 through torch's `_weight_int8pack_mm` (the weight-only int8 kernel of gpt-fast's CPU path), output and bias in
+    the input's dtype. Weight-only: activations are not quantized, so the error is the weights' rounding (measured
+    0.7 % relative on a 512-wide product) and bf16's 0.4 %. On this project's 2-core Xeon, one row: 512 x 512 in 35 us
+    against 57 us fp32, 51,865 x 512 in 1.8 ms against 4.9 ms (weights streamed from memory). From 8 rows on, bf16
+    matmuls are faster, so this is for batch 1."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+            raise RuntimeError(f"the int8 decoder needs torch.ops.aten._weight_int8pack_mm, which torch {torch.__version__} lacks")
+        weight, scale = _int8_per_channel(linear.weight)
+        self.register_buffer("weight", weight)
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x):
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight, self.scale)
+        # A decoder step is ~1,400 small ops, so each one counts: the bias add also casts back (float32 + bf16 -> float32).
+        y = y.to(x.dtype) if self.bias is None else torch.add(self.bias, y)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class Int8Logits(Int8Linear):
+    """The output projection in int8, with each row's `exact_top_k` largest logits recomputed from the unquantized
+    weight (Whisper ties it to the token embedding, which stays). Greedy decoding and the logits processors that
+    read the top (suppression, timestamps' max text token) then see full-precision values wherever the choice is made;
+    the rest of the row keeps int8's error. int8 rounding moves a logit by a few hundredths, so the token fp32 would
+    pick is inside int8's top 16 unless 16 tokens tie within that."""
+
+    def __init__(self, linear: nn.Linear, exact_top_k: int = 16):
+        super().__init__(linear)
+        self.full_weight, self.exact_top_k = linear.weight, exact_top_k  # shared with embed_tokens: no copy
+
+    def forward(self, x):
+        logits = super().forward(x)
+        flat, rows = logits.view(-1, self.out_features), x.reshape(-1, self.in_features)
+        top = flat.topk(min(self.exact_top_k, self.out_features), dim=-1).indices
+        exact = torch.einsum("nd,nkd->nk", rows.to(self.full_weight.dtype), self.full_weight[top])
+        if self.bias is not None:
+            exact = exact + self.bias[top]
+        flat.scatter_(1, top, exact.to(flat.dtype))
+        return logits
+
+
+def int8_decoder_(model):
+    """In place: the decoder's linears and the output projection as `Int8Linear` / `Int8Logits`. The cross-attention
+    key/value projections stay: they run once per clip on every encoder frame (matrix-matrix work; in bf16 they
+    measured no faster end to end)."""
+    for parent_name, parent in list(model.model.decoder.named_modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and not (parent_name.endswith("encoder_attn") and name in ("k_proj", "v_proj")):
+                setattr(parent, name, Int8Linear(child))
+    model.proj_out = Int8Logits(model.proj_out)
+    return model
+
+
 def optimize_for_cpu(model, dtype="auto", decoder: str | None = None):
     """In place, for inference on a CPU. `dtype` "auto": bfloat16 where the CPU runs it natively (AMX / AVX512-BF16),
     else float32 with a warning (emulated bf16 is slower than fp32); or a torch dtype. `decoder` overrides the
     decoder and output projection: "fp32" (at batch 1 about as fast as bf16, the decoder's numerics unchanged), "bf16",
-    or "int8" (dynamic quantization of its linears: the fastest at batch 1 and 8 on speech-dev, but it looped on 1 of
-    115 evaluation clips at batch 1 where bf16 and fp32 did not). The encoder's input and output are cast at its
-    boundary, so float32 features go in as from the feature extractor. Returns the model. Any Whisper-family model;
-    not for training or CUDA."""
+    or "int8" (weight-only int8, `Int8Linear` / `Int8Logits`: on an AMX Xeon 1.3x the bf16 decoder at batch 1, slower
+    from batch 8, where bf16 is fastest). The encoder's input and output are cast at its boundary, so float32
+    features go in as from the feature extractor. Returns the model. Any Whisper-family model; not for training, for
+    saving, or for CUDA."""
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("optimize_for_cpu is for a model on the CPU")
     if decoder not in (None, "fp32", "bf16", "int8"):
@@ -71,8 +136,5 @@ def optimize_for_cpu(model, dtype="auto", decoder: str | None = None):
     if dtype != decoder_dtype:
         encoder.register_forward_hook(_cast_output(decoder_dtype), with_kwargs=True)
     if decoder == "int8":
-        with warnings.catch_warnings():  # torch.ao.quantization warns that it moves to torchao
-            warnings.simplefilter("ignore")
-            model.model.decoder = torch.ao.quantization.quantize_dynamic(model.model.decoder, {nn.Linear}, dtype=torch.qint8)
-            model.proj_out = torch.ao.quantization.quantize_dynamic(nn.Sequential(model.proj_out), {nn.Linear}, dtype=torch.qint8)[0]
+        int8_decoder_(model)
     return model.eval()

@@ -262,6 +262,40 @@ def test_liteasr_generate_matches_sdpa():
     assert torch.equal(lite.generate(x, max_new_tokens=8), expected)
 
 
+def test_token_suppression_builds_its_mask_once_and_scores_as_transformers_does(monkeypatch):
+    """Whisper's generate builds its suppression processors in `_retrieve_logit_processors`; the lite model swaps in
+    versions that build the vocabulary mask once. Same scores at and after the begin index, same generated tokens."""
+    from transformers.generation.logits_process import SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor
+
+    dense = tiny_whisper()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense)
+    config = copy.deepcopy(lite.generation_config)
+    config.suppress_tokens, config.begin_suppress_tokens = [3, 7, 200], [5, 256]
+    config.return_timestamps, config.no_speech_threshold = False, None  # set by generate before it gets here
+    processors = lite._retrieve_logit_processors(copy.deepcopy(config), None, 4, 1, "cpu")
+    stock = {SuppressTokensLogitsProcessor: SuppressTokensLogitsProcessor([3, 7, 200]),
+             SuppressTokensAtBeginLogitsProcessor: SuppressTokensAtBeginLogitsProcessor([5, 256], 4)}
+    assert sorted(type(p).__mro__[1].__name__ for p in processors) == sorted(c.__name__ for c in stock)
+    isin_calls = []
+    real_isin = torch.isin
+    monkeypatch.setattr(torch, "isin", lambda *a, **k: isin_calls.append(1) or real_isin(*a, **k))
+    scores = torch.randn(2, dense.config.vocab_size, generator=torch.Generator().manual_seed(0))
+    for length in (4, 5, 6, 7):  # the begin index, then later steps
+        ids = torch.zeros(2, length, dtype=torch.long)
+        for p in processors:
+            want = stock[type(p).__mro__[1]](ids, scores.clone())
+            assert torch.equal(p(ids, scores.clone()), want)
+    ours = len(isin_calls) - 4 * 2  # the stock processors above call isin twice a step
+    assert ours == 2  # one mask build each: the suppression mask once, the begin mask at the begin index only
+    monkeypatch.setattr(torch, "isin", real_isin)
+
+    x = mel()
+    kwargs = dict(max_new_tokens=8, suppress_tokens=[3, 7, 200], begin_suppress_tokens=[5, 256])
+    got = lite.generate(x, **kwargs)
+    monkeypatch.delattr(LiteWhisperForConditionalGeneration, "_retrieve_logit_processors")  # Whisper's own
+    assert torch.equal(got, lite.generate(x, **kwargs))
+
+
 def test_auto_classes_registered():
     from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
 

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers import initialization as init
 from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.generation.logits_process import SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.whisper import modeling_whisper
@@ -438,6 +439,29 @@ class LiteWhisperModel(LiteWhisperPreTrainedModel, WhisperModel):
         self.post_init()
 
 
+class _CachedMaskSuppressTokens(SuppressTokensLogitsProcessor):
+    """transformers' processor rebuilds its vocabulary mask with `torch.isin` at every decoding step: 1.4 ms on
+    Whisper's 51,865 tokens on a 2-core CPU, with the one below a quarter of a base decoding step. The same mask,
+    built once per vocabulary size and device; the same scores."""
+
+    def __call__(self, input_ids, scores):
+        mask = getattr(self, "_mask", None)
+        if mask is None or mask.shape[0] != scores.shape[-1] or mask.device != scores.device:
+            vocab = torch.arange(scores.shape[-1], device=scores.device)
+            mask = self._mask = torch.isin(vocab, self.suppress_tokens.to(scores.device))
+        return scores.masked_fill(mask, -float("inf"))
+
+
+class _BeginOnlySuppressTokens(SuppressTokensAtBeginLogitsProcessor):
+    """transformers' processor builds its mask at every step but applies it only at `begin_index`; this one builds
+    it only there. The same scores."""
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[-1] != self.begin_index:
+            return scores
+        return super().__call__(input_ids, scores)
+
+
 class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperForConditionalGeneration):
     _tied_weights_keys = {"proj_out.weight": "model.decoder.embed_tokens.weight"}
 
@@ -519,6 +543,16 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
         `encoder_context_margin` override the config's dynamic encoder context for this call."""
         with self.model.encoder.encoder_context(encoder_context_buckets, encoder_context_margin):
             return super().generate(*args, **kwargs)
+
+    def _retrieve_logit_processors(self, *args, **kwargs):
+        # Whisper's generate builds its token-suppression processors here; swap in versions that skip rebuilding the
+        # same vocabulary mask every step (the objects stay, so set_begin_index and isinstance checks still apply).
+        processors = super()._retrieve_logit_processors(*args, **kwargs)
+        faster = {SuppressTokensLogitsProcessor: _CachedMaskSuppressTokens, SuppressTokensAtBeginLogitsProcessor: _BeginOnlySuppressTokens}
+        for processor in processors or ():
+            if type(processor) in faster:
+                processor.__class__ = faster[type(processor)]
+        return processors
 
     def _prepare_decoder_input_ids_for_generation(self, batch_size, model_input_name, model_kwargs, *args, **kwargs):
         # transformers prepends decoder_start_token_id to user decoder ids unless model_type == "whisper"; Whisper's
