@@ -33,7 +33,19 @@ def run(name: str, argv=None) -> None:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         status = 2
+    finally:
+        _leave_process_group()
     sys.exit(status or 0)
+
+
+def _leave_process_group() -> None:
+    """Under a launcher (torchrun, accelerate launch) a process that exits with its gloo group still up can abort in
+    the group's teardown ("terminate called without an active exception"), and the launcher then kills the others.
+    A process whose share is done (calibrate's statistics, evaluate's transcripts) leaves early, so every command
+    leaves the group before it exits. Local: no collective call, so the main process may still be working."""
+    dist = sys.modules.get("torch.distributed")  # only when the command imported torch
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(argv=None) -> None:
