@@ -23,12 +23,12 @@ def test_end_to_end_rows_against_dense(tmp_path, tiny_en_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = tmp_path / "e2e.json"
     out = run(*BENCHMARK_E2E, "--dense", "bundled/whisper-tiny.en", "--lite", str(lite),
-              "--rows", "dense/fp32/full", "lite/bf16/dynamic", "lite/cpu/dynamic", "--batch", "1", "2", "--limit", "3",
+              "--rows", "dense/fp32/full", "lite/bf16/dynamic", "lite/cpu-int8/dynamic", "--batch", "1", "2", "--limit", "3",
               "--rounds", "1", "--json", str(result))
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(result.read_text())
     rows = {r["row"]: r for r in data["results"]}
-    want = {f"{spec} b{b} generate" for spec in ("dense/fp32/full", "lite/bf16/dynamic", "lite/cpu/dynamic") for b in (1, 2)}
+    want = {f"{spec} b{b} generate" for spec in ("dense/fp32/full", "lite/bf16/dynamic", "lite/cpu-int8/dynamic") for b in (1, 2)}
     try:
         import faster_whisper  # noqa: F401
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from liteasr_hf import LiteWhisperForConditionalGeneration, optimize_for_cpu
-from liteasr_hf.cpu import Int8Linear, Int8Logits, cpu_bf16_support
+from liteasr_hf.cpu import Int8Linear, Int8Logits, cpu_bf16_support, int8_decoder_, lean_decoder_
 from modeling_utils import random_factors, tiny_whisper
 
 RANKS = [{"q_proj": 4, "k_proj": 6, "v_proj": 5, "fc1": 10}, {"k_proj": 3, "out_proj": 8}]
@@ -67,6 +67,67 @@ def test_int8_logits_are_exact_where_greedy_decoding_chooses():
     assert (got - want)[rest].abs().max() > 1e-4  # elsewhere the int8 values remain: the refinement is what is exact
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_lean_decoder_layers_compute_what_transformers_layers_do(monkeypatch, int8):
+    """The lean decoder layer against transformers' own on the same weights: prefill (4 tokens, causal by flag),
+    steps on the cache, a padded decoder mask, greedy and beam-search generate, and the fallback that gives
+    attention weights."""
+    import copy
+
+    from transformers.models.whisper.modeling_whisper import WhisperDecoderLayer
+
+    stock = tiny_whisper()
+    if int8:
+        int8_decoder_(stock)
+    lean = lean_decoder_(copy.deepcopy(stock))
+    layer = lean.model.decoder.layers[0]
+    for name in ("weight", "bias") + (("scale",) if int8 else ()):  # views of the fused tensors: nothing copied
+        fused = getattr(layer.qkv_proj, name)
+        assert getattr(layer.self_attn.q_proj, name).data_ptr() == fused.data_ptr()
+        assert getattr(layer.self_attn.v_proj, name).data_ptr() == fused[2 * fused.shape[0] // 3 :].data_ptr()
+    stock_calls = []
+    original = WhisperDecoderLayer.forward
+
+    def counted(*args, **kwargs):  # transformers' layer run with a cache (language detection runs one without)
+        if (args[5] if len(args) > 5 else kwargs.get("cache", kwargs.get("past_key_values"))) is not None:
+            stock_calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(WhisperDecoderLayer, "forward", counted)
+
+    x = torch.randn(2, 80, 100, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[257, 258, 261, 265, 70, 80, 90]] * 2)
+    mask = torch.ones_like(ids[:, :4])
+    mask[1, 0] = 0  # a padded first token: the decoder builds a 4D mask, which the lean layer must apply
+    calls = {}
+    with torch.no_grad():
+        enc = stock.get_encoder()(x)
+        for m in (stock, lean):
+            stock_calls.clear()
+            m.want = [m(encoder_outputs=enc, decoder_input_ids=ids[:, :4], use_cache=True)]
+            for i in range(4, 7):
+                m.want.append(m(encoder_outputs=enc, decoder_input_ids=ids[:, i : i + 1], past_key_values=m.want[-1].past_key_values))
+            m.masked = m(encoder_outputs=enc, decoder_input_ids=ids[:, :4], decoder_attention_mask=mask).logits
+            m.tokens = m.generate(x, max_new_tokens=6)
+            m.beams = m.generate(x, max_new_tokens=6, num_beams=3)  # the cache reordered between steps
+            calls[m] = len(stock_calls)
+        stock_calls.clear()
+        with_weights = lean(encoder_outputs=enc, decoder_input_ids=ids[:, :4], output_attentions=True)
+        fallback_calls = len(stock_calls)
+        want_weights = stock(encoder_outputs=enc, decoder_input_ids=ids[:, :4], output_attentions=True)
+    assert calls[stock] > 2 * 5 and calls[lean] == 0  # the stock model's layers ran; the lean model's did not
+    assert fallback_calls == 2  # attention weights asked for: transformers' layer computes them
+    # The same arithmetic; only q/k/v run as one product, which another BLAS may sum in another order. Measured
+    # identical here (float32 and int8, logits up to ~6); 1e-4 allowed.
+    for got, want in zip(lean.want, stock.want):
+        assert torch.allclose(got.logits, want.logits, rtol=0, atol=1e-4)
+    assert torch.allclose(lean.masked, stock.masked, rtol=0, atol=1e-4)
+    assert not torch.allclose(stock.masked[1], stock.want[0].logits[1], atol=1e-2)  # the mask changed something
+    for got, want in zip(with_weights.cross_attentions, want_weights.cross_attentions):
+        assert torch.allclose(got, want, rtol=0, atol=1e-5)
+    assert torch.equal(lean.tokens, stock.tokens) and torch.equal(lean.beams, stock.beams)
+
+
 def test_optimize_for_cpu_rejects_a_gpu_model_and_follows_the_cpu():
     model = tiny_whisper()
     if cpu_bf16_support() == "native":
@@ -103,3 +164,26 @@ def test_real_speech_in_low_precision_on_cpu(tiny_en_path, how):
         model = lite.to(getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[how]))
     got = processor.batch_decode(model.generate(features.to(model.dtype), num_beams=1), skip_special_tokens=True)[0]
     assert normalize(got) == normalize(want), (got, want)
+
+
+@pytest.mark.slow
+def test_pipeline_timestamps_through_the_cpu_fast_path(tiny_en_path):
+    """Word timestamps need the decoder's cross-attention weights, which the lean decoder layer leaves to
+    transformers' own: real tiny.en on the JFK clip through pipeline(), the int8 fast path against float32."""
+    from transformers import AutoProcessor, WhisperForConditionalGeneration, pipeline
+
+    from liteasr_hf.audio import BUNDLED_CLIPS, load_clips
+
+    clip = next(c for c in load_clips(BUNDLED_CLIPS, text_column=None) if c.id.startswith("jfk"))
+    processor = AutoProcessor.from_pretrained(tiny_en_path)
+    dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_path).eval()
+    plain, fast = LiteWhisperForConditionalGeneration.from_whisper(dense), LiteWhisperForConditionalGeneration.from_whisper(dense)
+    optimize_for_cpu(fast, decoder="int8")
+    asr = {m: pipeline("automatic-speech-recognition", model=m, tokenizer=processor.tokenizer,
+                       feature_extractor=processor.feature_extractor) for m in (plain, fast)}
+    for timestamps in ("word", True):
+        want, got = (asr[m](clip.audio.copy(), return_timestamps=timestamps, generate_kwargs={"num_beams": 1}) for m in (plain, fast))
+        assert [c["text"] for c in got["chunks"]] == [c["text"] for c in want["chunks"]] and len(want["chunks"]) > 1
+        # Word times come from DTW over the cross-attention weights: bf16 encoder and int8 decoder moved them by
+        # 0.02 s at most here (one 20 ms frame); 0.1 s allowed. Segment times are predicted tokens: the same here.
+        assert all(abs(a - b) <= 0.1 for g, w in zip(got["chunks"], want["chunks"]) for a, b in zip(g["timestamp"], w["timestamp"]))

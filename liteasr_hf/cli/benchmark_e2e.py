@@ -20,9 +20,9 @@ import logging
 import os
 import sys
 
-DEFAULT_ROWS = ["dense/fp32/full", "dense/bf16/full", "dense/cpu/dynamic", "lite/fp32/full", "lite/bf16/dynamic",
-                "lite/cpu/dynamic"]
-ROW_DTYPES = ("fp32", "bf16", "fp16", "cpu", "cpu-int8")
+DEFAULT_ROWS = ["dense/fp32/full", "dense/bf16/full", "dense/cpu-int8/dynamic", "lite/fp32/full", "lite/cpu-bf16/dynamic",
+                "lite/cpu-int8/dynamic"]
+ROW_DTYPES = ("fp32", "bf16", "fp16", "cpu", "cpu-bf16", "cpu-int8")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", default=DEFAULT_MODEL, help=f"dense Whisper: bundled name, folder or Hub id (default {DEFAULT_MODEL})")
     p.add_argument("--lite", help="lite checkpoint folder or Hub id (rows 'lite/...'; default: none, dense rows only)")
     p.add_argument("--rows", nargs="+", default=None, metavar="MODEL/DTYPE/CONTEXT",
-                   help="MODEL dense|lite, DTYPE fp32|bf16|fp16|cpu|cpu-int8 (liteasr_hf.optimize_for_cpu: a bf16 encoder where "
-                        "the CPU has it, and an fp32 (cpu) or int8 (cpu-int8) decoder), CONTEXT full|dynamic (the first row is the reference; "
+                   help="MODEL dense|lite, DTYPE fp32|bf16|fp16|cpu|cpu-bf16|cpu-int8 (cpu*: liteasr_hf.optimize_for_cpu, a bf16 encoder "
+                        "where the CPU has it and the lean decoder layers, with an fp32 (cpu), bf16 (cpu-bf16) or int8 (cpu-int8) decoder), CONTEXT full|dynamic (the first row is the reference; "
                         f"default: {' '.join(DEFAULT_ROWS)}, lite rows only with --lite)")
     p.add_argument("--buckets", type=float, nargs="+", default=None, metavar="SECONDS",
                    help="context buckets of the 'dynamic' rows (default: the lite checkpoint's encoder_context_buckets, else 10 15 20)")
@@ -79,7 +79,7 @@ def parse_args(argv=None):
     for r in rows:
         parts = r.split("/")
         if len(parts) != 3 or parts[0] not in ("dense", "lite") or parts[1] not in ROW_DTYPES or parts[2] not in ("full", "dynamic"):
-            p.error(f"--rows: {r!r} is not MODEL/DTYPE/CONTEXT with MODEL dense|lite, DTYPE fp32|bf16|fp16|cpu|cpu-int8, CONTEXT full|dynamic")
+            p.error(f"--rows: {r!r} is not MODEL/DTYPE/CONTEXT with MODEL dense|lite, DTYPE {'|'.join(ROW_DTYPES)}, CONTEXT full|dynamic")
         if parts[0] == "lite" and not args.lite and not args.random_shape:
             p.error(f"--rows: {r!r} needs --lite")
     if any(b < 1 for b in args.batch) or args.rounds < 1:
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
             m, processor, _ = load_model(args.lite if kind == "lite" else args.dense, dtype=e2e.DTYPES.get(dtype, torch.float32))
             m = e2e.as_lite(m)
             if dtype.startswith("cpu"):
-                m = optimize_for_cpu(m, decoder="int8" if dtype == "cpu-int8" else "fp32")
+                m = optimize_for_cpu(m, decoder={"cpu": "fp32", "cpu-bf16": "bf16", "cpu-int8": "int8"}[dtype])
             models[kind, dtype] = (m, processor)
         return models[kind, dtype]
 
