@@ -77,7 +77,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x):
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight, self.scale)
-        # A decoder step is ~1,400 small ops, so each one counts: the bias add also casts back (float32 + bf16 -> float32).
+        # At batch 1 a decoder step is ~1,200 small ops, so each one counts: the bias add also casts back (float32 + bf16
+        # -> float32).
         y = y.to(x.dtype) if self.bias is None else torch.add(self.bias, y)
         return y.view(*x.shape[:-1], self.out_features)
 
@@ -207,7 +208,7 @@ def optimize_for_cpu(model, dtype="auto", decoder: str | None = None):
     """In place, for inference on a CPU. `dtype` "auto": bfloat16 where the CPU runs it natively (AMX / AVX512-BF16),
     else float32 with a warning (emulated bf16 is slower than fp32); or a torch dtype. `decoder` overrides the
     decoder and output projection: "fp32" (at batch 1 about as fast as bf16, the decoder's numerics unchanged), "bf16",
-    or "int8" (weight-only int8, `Int8Linear` / `Int8Logits`: on an AMX Xeon 1.3x the bf16 decoder at batch 1, slower
+    or "int8" (weight-only int8, `Int8Linear` / `Int8Logits`: on an AMX Xeon 1.2-1.3x the bf16 decoder at batch 1, slower
     from batch 8, where bf16 is fastest). The encoder's input and output are cast at its boundary, so float32
     features go in as from the feature extractor. The decoder layers run `lean_decoder_`'s forward (same outputs,
     less overhead a token). Returns the model. Any Whisper-family model; not for training, for saving, or for CUDA."""

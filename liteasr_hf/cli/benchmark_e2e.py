@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", default=DEFAULT_MODEL, help=f"dense Whisper: bundled name, folder or Hub id (default {DEFAULT_MODEL})")
     p.add_argument("--lite", help="lite checkpoint folder or Hub id (rows 'lite/...'; default: none, dense rows only)")
     p.add_argument("--rows", nargs="+", default=None, metavar="MODEL/DTYPE/CONTEXT",
-                   help="MODEL dense|lite, DTYPE fp32|bf16|fp16|cpu|cpu-bf16|cpu-int8 (cpu*: liteasr_hf.optimize_for_cpu, a bf16 encoder "
+                   help=f"MODEL dense|lite, DTYPE {'|'.join(ROW_DTYPES)} (cpu*: liteasr_hf.optimize_for_cpu, a bf16 encoder "
                         "where the CPU has it and the lean decoder layers, with an fp32 (cpu), bf16 (cpu-bf16) or int8 (cpu-int8) decoder), CONTEXT full|dynamic (the first row is the reference; "
                         f"default: {' '.join(DEFAULT_ROWS)}, lite rows only with --lite)")
     p.add_argument("--buckets", type=float, nargs="+", default=None, metavar="SECONDS",
