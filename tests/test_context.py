@@ -139,6 +139,37 @@ def test_per_call_override_and_short_features(processor):
         encoder(torch.zeros(1, 80, 102))
 
 
+def test_transcribe_extracts_features_on_the_bucket_it_will_run(processor, monkeypatch):
+    """`transcribe` pads features to the context bucket instead of the whole window: the features the encoder reads
+    are the same numbers (checked: 0 difference), so the tokens are those of the full-window features. The window is
+    the smallest bucket holding audio + margin + n_fft samples; the full window without buckets or for a dense model."""
+    from liteasr_hf.evaluation import run
+
+    fe = processor.feature_extractor
+    dense, lite = lite_model([0.4, 0.6])
+    audios = [tiny_audio(seed=1, seconds=0.2), tiny_audio(seed=2, seconds=0.45)]
+    assert run.feature_window(lite, fe, 3200, {}) == 6400  # 0.2 s + 0.1 s + 400 samples = 0.325 s -> 0.4 s
+    assert run.feature_window(lite, fe, 4500, {}) == 9600  # 0.28 s + 0.1 s + 400 samples = 0.406 s -> 0.6 s
+    assert run.feature_window(lite, fe, 8000, {}) == 16000  # fits no bucket: the window
+    assert run.feature_window(lite, fe, 3200, {"encoder_context_buckets": None}) == 16000
+    assert run.feature_window(lite, fe, 3200, {"encoder_context_buckets": [0.8], "encoder_context_margin": 0.0}) == 12800
+    assert run.feature_window(dense, fe, 3200, {}) == 16000
+
+    for batch in (1, 2):
+        widths, generate = [], lite.generate
+        monkeypatch.setattr(lite, "generate", lambda x, **kw: widths.append(x.shape[-1]) or generate(x, **kw))
+        got = run.transcribe(lite, processor, audios, batch, max_new_tokens=5, language="en")
+        monkeypatch.setattr(run, "feature_window", lambda model, fe, samples, gen: fe.n_samples)
+        want = run.transcribe(lite, processor, audios, batch, max_new_tokens=5, language="en")
+        monkeypatch.undo()
+        assert got == want
+        assert widths[: 3 - batch] == ([40, 60] if batch == 1 else [60]) and widths[3 - batch :] == [100] * (3 - batch)
+    full = fe(audios[:1], sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
+    short = fe(audios[:1], sampling_rate=SAMPLING_RATE, return_tensors="pt", padding="longest",
+               pad_to_multiple_of=6400).input_features
+    assert torch.equal(short, full[..., :40])
+
+
 @pytest.mark.parametrize("buckets, margin, message", [
     ([10, 40], 1.0, r"encoder_context_buckets: 40 is not a number of seconds in \(0, 30\]"),
     ([10.01], 1.0, "not a whole number of encoder frames"),

@@ -287,6 +287,19 @@ def test_token_suppression_builds_its_mask_once_and_scores_as_transformers_does(
             assert torch.equal(p(ids, scores.clone()), want)
     ours = len(isin_calls) - 4 * 2  # the stock processors above call isin twice a step
     assert ours == 2  # one mask build each: the suppression mask once, the begin mask at the begin index only
+    # The next generate call's processors reuse the model's suppression mask; another token list builds its own.
+    isin_calls.clear()
+    again = lite._retrieve_logit_processors(copy.deepcopy(config), None, 4, 1, "cpu")
+    other_config = copy.deepcopy(config)
+    other_config.suppress_tokens = [3, 8]
+    other = lite._retrieve_logit_processors(other_config, None, 4, 1, "cpu")
+    ids = torch.zeros(2, 6, dtype=torch.long)  # past the begin index: only the suppression mask is in play
+    for p in again:
+        assert torch.equal(p(ids, scores.clone()), stock[type(p).__mro__[1]](ids, scores.clone()))
+    assert len(isin_calls) == 2  # the two stock processors' own; ours was built by the first call
+    want_other = SuppressTokensLogitsProcessor([3, 8])(ids, scores.clone())
+    assert torch.equal(next(p for p in other if isinstance(p, SuppressTokensLogitsProcessor))(ids, scores.clone()), want_other)
+    assert len(isin_calls) == 4  # the new token list's mask, then the stock processor's
     monkeypatch.setattr(torch, "isin", real_isin)
 
     x = mel()

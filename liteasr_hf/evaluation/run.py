@@ -119,8 +119,9 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequ
     with quiet_length_warning():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            feats = fe([audios[i] for i in idx], sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False,
-                       padding="longest", pad_to_multiple_of=fe.n_samples, return_attention_mask=True)
+            batch = [audios[i] for i in idx]
+            feats = fe(batch, sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False, padding="longest",
+                       pad_to_multiple_of=feature_window(model, fe, max(len(a) for a in batch), gen), return_attention_mask=True)
             is_long = feats.input_features.shape[-1] > fe.nb_max_frames
             out = model.generate(feats.input_features.to(model.device, model.dtype), attention_mask=feats.attention_mask.to(model.device),
                                  return_timestamps=is_long or None, **gen)
@@ -130,6 +131,25 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequ
                 # At the cap every new token is text (the last one may be a special token that arrived too late).
                 capped[i] = not is_long and sum(t not in special for t in seqs[j].tolist()) >= gen["max_new_tokens"] - 1
     return texts, capped
+
+
+def feature_window(model, feature_extractor, samples: int, gen: dict) -> int:
+    """Samples to pad a batch's features to: Whisper's 30 s window, or, where a lite model's encoder runs on a shorter
+    context bucket, that bucket. The log-mel of a shorter zero-padded window has the same numbers in the frames the
+    bucket reads (zeros are zeros and the clip's maximum lies in its audio; checked bit for bit), and at a 10 s bucket
+    costs a third. The bucket is chosen as the encoder chooses it, with n_fft samples more so that the STFT's reflected
+    edge falls in zeros; where that picks a larger bucket than the encoder's, the encoder cuts the features."""
+    full = feature_extractor.n_samples
+    settings = getattr(model.get_encoder(), "context_settings", None)
+    if settings is None or samples > full:
+        return full
+    buckets, margin = settings()
+    buckets = gen.get("encoder_context_buckets", buckets)
+    margin = gen.get("encoder_context_margin", margin)
+    if not buckets:
+        return full
+    need = samples + margin * SAMPLING_RATE + feature_extractor.n_fft
+    return next((min(round(b * SAMPLING_RATE), full) for b in buckets if b * SAMPLING_RATE >= need), full)
 
 
 def chunked(model, processor, audios: Sequence, batch_size=8, **gen) -> list[str]:
