@@ -102,3 +102,39 @@ def test_fixed_tokens_and_graphed_encoder():
                     got = lite.get_encoder()(x, attention_mask=mask).last_hidden_state
                     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # same kernels, same order
             assert (len(graphs.graphs) == 1) == (device == "cuda")
+
+
+def test_rows_take_turns_chunk_by_chunk():
+    """run_rows: every row sees every chunk of clips (shortest first, as `transcribe` batches), rows take turns within
+    each chunk with the first row rotating, texts come back in the clips' order, and a round's encoder seconds are
+    summed over its chunks."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from liteasr_hf.evaluation import end_to_end as e2e
+
+    lengths = [5, 1, 4, 2, 3]
+    clips = [SimpleNamespace(audio=np.zeros(n), text=f"clip {i}") for i, n in enumerate(lengths)]
+    calls = []
+
+    def runner(name, box):
+        def run(audios):
+            calls.append((name, [len(a) for a in audios]))
+            box.append(0.5)
+            return [f"{name} {len(a)}" for a in audios], [False] * len(audios)
+        return run
+
+    rows = []
+    for name in ("a", "b"):
+        row = e2e.Row(name, None)
+        row.run = runner(name, row.encoder_seconds)
+        rows.append(row)
+    e2e.run_rows(rows, clips, rounds=2, chunk=2, progress=False)
+    chunks = [[1, 2], [3, 4], [5]]
+    assert [c for name, c in calls if name == "a"] == chunks * 2 and [c for name, c in calls if name == "b"] == chunks * 2
+    firsts = [calls[i][0] for i in range(0, len(calls), 2)]
+    assert firsts == ["a", "b", "a", "b", "a", "b"]  # rotates per chunk and per round
+    for row in rows:
+        assert row.texts == [f"{row.label} {n}" for n in lengths]
+        assert row.encoder_seconds == [1.5, 1.5] and len(row.walls) == 2

@@ -1,7 +1,9 @@
 """End-to-end transcription benchmark on real speech: dense vs lite vs lite + dynamic encoder context, per dtype and
 batch size, through generate() or pipeline(), with a faster-whisper row on the same weights when it is installed.
 
-Every row runs in this process on the same clips, interleaved over --rounds; the table gives wall time, real-time
+Every row runs in this process on the same clips, the rows taking turns a few clips at a time (as many as the
+least common multiple of the batch sizes), so that load from elsewhere slows every row alike, over --rounds; the
+table gives wall time, real-time
 factor, speed-up against dense fp32 (full 30 s window) at the same batch size and path, the encoder's share of the
 time, and WER with its paired 95 % interval against that first row.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 import os
 import sys
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="local audiofolder or Hub dataset (default: the clips shipped in the package)")
     p.add_argument("--split", help="split.json key or Hub split (default for the shipped clips: evaluation)")
     p.add_argument("--limit", type=int, help="at most this many clips")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; wall time is their median (default 2)")
+    p.add_argument("--rounds", type=int, default=2, help="repetitions over all clips; wall time is their median (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch and CTranslate2 threads (default: torch's)")
     p.add_argument("--json", default="outputs/e2e.json", help="results, with every row's transcripts")
     g = p.add_argument_group("random weights of a model's exact shapes (speed only; large models without their weights)")
@@ -190,12 +193,13 @@ def main(argv=None) -> int:
                     print("faster-whisper is not installed: no faster-whisper row (pip install faster-whisper)", file=sys.stderr)
                     break
                 rows.append(e2e.Row(f"faster-whisper {compute} b{batch}", run))
-    e2e.run_rows(rows, clips, args.rounds)
+    chunk = math.lcm(*args.batch)  # every row's batches are those it forms on the whole sorted list
+    e2e.run_rows(rows, clips, args.rounds, chunk)
     # faster-whisper rows compare with the transformers rows of their batch size through generate
     results = e2e.summarize(rows, clips, group=lambda label: label.split(" ", 1)[1] if not label.startswith("faster")
                             else label.rsplit(" ", 1)[1] + " generate")
     settings = {"clips": len(clips), "audio_s": sum(c.seconds for c in clips), "machine": e2e.machine(),
-                "torch": torch.__version__, "threads": threads, "bf16": cpu_bf16_support(), "rounds": args.rounds,
+                "torch": torch.__version__, "threads": threads, "bf16": cpu_bf16_support(), "rounds": args.rounds, "chunk": chunk,
                 "buckets": buckets, "margin": margin, "dense": args.dense, "lite": args.lite,
                 "dataset": args.dataset or "shipped clips", "split": args.split}
     print(e2e.markdown(results, settings))

@@ -1,7 +1,8 @@
 """End-to-end transcription speed: what a user waits for, dense vs lite vs lite + dynamic context, per dtype and batch.
 
-Every row transcribes the same clips in the same process; rows are interleaved within each round (row 1, row 2, ...,
-then again), so drift of the machine (thermal, other load) hits every row alike. Wall time is the median over rounds;
+Every row transcribes the same clips in the same process; rows are interleaved a few clips at a time (every row on
+clips 1-8, then on 9-16, ...; see `run_rows`), so drift of the machine (thermal, other load) hits every row alike.
+Wall time is the median over rounds;
 the encoder's share comes from hooks around the encoder's forward; WER is scored on the first round's transcripts
 with its paired 95 % interval against the reference row (the first one: dense, fp32, full 30 s window).
 A faster-whisper row runs the same weights through CTranslate2 when the package is installed.
@@ -143,20 +144,38 @@ def faster_whisper_runner(folder, compute_type, threads, language, max_new_token
     return one_at_a_time if batch_size == 1 else batched
 
 
-def run_rows(rows, clips, rounds, progress=True):
+def run_rows(rows, clips, rounds, chunk=8, progress=True):
+    """Transcribe `clips` with every row, `rounds` times. Each round walks the clips `chunk` at a time, shortest first
+    (the order `transcribe` batches in, so a row whose batch size divides `chunk` forms the batches it forms on the
+    whole list), and runs every row on each chunk in turn, starting one row later at each chunk. A burst of load on a
+    shared machine then slows every row alike; rounds of whole rows let one burst land on one row (seen here: one
+    row's two rounds took 36.6 and 65.5 s while dense moved 13 %). A row's round time is the sum of its chunks'."""
     from tqdm.auto import tqdm
 
-    audios = [c.audio for c in clips]
-    bar = tqdm(total=rounds * len(rows), desc="end-to-end rows", unit="row", disable=not progress)
+    order = sorted(range(len(clips)), key=lambda i: len(clips[i].audio))
+    chunks = [order[s : s + chunk] for s in range(0, len(order), chunk)]
+    bar = tqdm(total=rounds * len(chunks), desc="end-to-end chunks (every row each)", unit="chunk", disable=not progress)
     for r in range(rounds):
-        for row in rows:
-            t0 = time.perf_counter()
-            texts, capped = row.run(audios)
-            row.walls.append(time.perf_counter() - t0)
-            if row.texts is None:
-                row.texts, row.capped = texts, capped
+        walls = [0.0] * len(rows)
+        texts, capped = [[None] * len(clips) for _ in rows], [[False] * len(clips) for _ in rows]
+        encoder_calls = [len(row.encoder_seconds) for row in rows]
+        for j, idx in enumerate(chunks):
+            audios = [clips[i].audio for i in idx]
+            for n in range(len(rows)):
+                k = (j + r + n) % len(rows)
+                t0 = time.perf_counter()
+                chunk_texts, chunk_capped = rows[k].run(audios)
+                walls[k] += time.perf_counter() - t0
+                for i, t, c in zip(idx, chunk_texts, chunk_capped):
+                    texts[k][i], capped[k][i] = t, c
             bar.update()
-            logger.info("round %d %s: %.1f s", r + 1, row.label, row.walls[-1])
+        for row, wall, t, c, calls in zip(rows, walls, texts, capped, encoder_calls):
+            row.walls.append(wall)
+            if len(row.encoder_seconds) > calls:  # one entry per call: the round's total
+                row.encoder_seconds[calls:] = [sum(row.encoder_seconds[calls:])]
+            if row.texts is None:
+                row.texts, row.capped = t, c
+            logger.info("round %d %s: %.1f s", r + 1, row.label, wall)
     bar.close()
 
 
@@ -192,7 +211,7 @@ def markdown(results: list[dict], settings: dict) -> str:
     lines = [
         f"{settings['clips']} clips, {settings['audio_s']:.1f} s of audio; {settings['machine']}; torch "
         f"{settings['torch']}, {settings['threads']} threads; bf16 on this CPU: {settings['bf16']}; median of "
-        f"{settings['rounds']} interleaved rounds. Speed-up and Δ WER (95 % paired interval) against the first row.",
+        f"{settings['rounds']} rounds, rows interleaved every {settings.get('chunk', 8)} clips. Speed-up and Δ WER (95 % paired interval) against the first row.",
         "",
         "| row | wall s | RTF | speed-up | encoder share | WER % | Δ WER (95 % CI) | loops |",
         "|---|---|---|---|---|---|---|---|",
