@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import logging
+import math
 import os
 import sys
 
@@ -199,8 +199,8 @@ def main(argv=None) -> int:
     results = e2e.summarize(rows, clips, group=lambda label: label.split(" ", 1)[1] if not label.startswith("faster")
                             else label.rsplit(" ", 1)[1] + " generate")
     settings = {"clips": len(clips), "audio_s": sum(c.seconds for c in clips), "machine": e2e.machine(),
-                "torch": torch.__version__, "threads": threads, "bf16": cpu_bf16_support(), "rounds": args.rounds, "chunk": chunk,
-                "buckets": buckets, "margin": margin, "dense": args.dense, "lite": args.lite,
+                "torch": torch.__version__, "threads": threads, "bf16": cpu_bf16_support(), "rounds": args.rounds,
+                "chunk": chunk, "buckets": buckets, "margin": margin, "dense": args.dense, "lite": args.lite,
                 "dataset": args.dataset or "shipped clips", "split": args.split}
     print(e2e.markdown(results, settings))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
