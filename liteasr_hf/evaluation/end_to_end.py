@@ -211,7 +211,7 @@ def markdown(results: list[dict], settings: dict) -> str:
     lines = [
         f"{settings['clips']} clips, {settings['audio_s']:.1f} s of audio; {settings['machine']}; torch "
         f"{settings['torch']}, {settings['threads']} threads; bf16 on this CPU: {settings['bf16']}; median of "
-        f"{settings['rounds']} rounds, rows taking turns every {settings.get('chunk', 8)} clips. Speed-up and Δ WER "
+        f"{settings['rounds']} rounds, rows taking turns every {settings['chunk']} clips. Speed-up and Δ WER "
         "(95 % paired interval) against the first row.",
         "",
         "| row | wall s | RTF | speed-up | encoder share | WER % | Δ WER (95 % CI) | loops |",
