@@ -141,6 +141,21 @@ def test_optimize_for_cpu_rejects_a_gpu_model_and_follows_the_cpu():
         optimize_for_cpu(tiny_whisper(), decoder="int4")
 
 
+def test_optimize_for_cpu_keeps_freed_memory_unless_told_not_to(monkeypatch):
+    import platform
+
+    import liteasr_hf.cpu as cpu
+
+    if platform.libc_ver()[0] == "glibc":  # CI and this project's machines: mallopt takes both settings
+        assert cpu.keep_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(cpu, "keep_freed_memory", lambda: calls.append(1) or True)
+    optimize_for_cpu(tiny_whisper(), dtype=torch.float32)
+    assert calls == [1]
+    optimize_for_cpu(tiny_whisper(), dtype=torch.float32, keep_memory=False)
+    assert calls == [1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["bf16", "fp16", "optimize_for_cpu", "optimize_for_cpu int8"])
 def test_real_speech_in_low_precision_on_cpu(tiny_en_path, how):
