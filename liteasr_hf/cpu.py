@@ -227,7 +227,8 @@ def lean_decoder_(model):
 
 def optimize_for_cpu(model, dtype="auto", decoder: str | None = None, keep_memory: bool = True):
     """In place, for inference on a CPU. `dtype` "auto": bfloat16 where the CPU runs it natively (AMX / AVX512-BF16),
-    else float32 with a warning (emulated bf16 is slower than fp32); or a torch dtype. `decoder` overrides the
+    else float32 with a warning (emulated bf16 is slower than fp32) and, unless `decoder` says otherwise, the int8
+    decoder (there the fastest at batch 1 and 8); or a torch dtype. `decoder` overrides the
     decoder and output projection: "fp32" (at batch 1 about as fast as bf16, the decoder's numerics unchanged), "bf16",
     or "int8" (weight-only int8, `Int8Linear` / `Int8Logits`: on an AMX Xeon 1.2-1.3x the bf16 decoder at batch 1, slower
     from batch 8, where bf16 is fastest). The encoder's input and output are cast at its boundary, so float32
@@ -242,7 +243,13 @@ def optimize_for_cpu(model, dtype="auto", decoder: str | None = None, keep_memor
         support = cpu_bf16_support()
         dtype = torch.bfloat16 if support == "native" else torch.float32
         if support != "native":
-            logger.warning("this CPU has no native bf16 (AMX / AVX512-BF16: %s): the model stays float32", support)
+            # Without bf16 hardware the decoder's products are weight-read bound and int8 reads a quarter of fp32's
+            # bytes: on a 2-core AVX2-only EPYC the output projection took 4.6 ms a row in int8 against 19.1 ms in
+            # fp32, and every decoder product was faster in int8 at 1 and 8 rows (docs/benchmarks.md, run 10).
+            if decoder is None and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+                decoder = "int8"
+            logger.warning("this CPU has no native bf16 (AMX / AVX512-BF16: %s): the encoder stays float32%s", support,
+                           ", the decoder runs in int8" if decoder == "int8" else "")
     if keep_memory:
         keep_freed_memory()
     decoder_dtype = {None: dtype, "fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}[decoder]

@@ -128,12 +128,27 @@ def test_lean_decoder_layers_compute_what_transformers_layers_do(monkeypatch, in
     assert torch.equal(lean.tokens, stock.tokens) and torch.equal(lean.beams, stock.beams)
 
 
-def test_optimize_for_cpu_rejects_a_gpu_model_and_follows_the_cpu():
-    model = tiny_whisper()
-    if cpu_bf16_support() == "native":
-        assert next(optimize_for_cpu(model).get_encoder().parameters()).dtype == torch.bfloat16
-    else:
-        assert next(optimize_for_cpu(model).get_encoder().parameters()).dtype == torch.float32
+@pytest.mark.parametrize("support", ["native", "emulated"])
+def test_optimize_for_cpu_follows_the_cpu(monkeypatch, support):
+    import liteasr_hf.cpu as cpu
+
+    monkeypatch.setattr(cpu, "cpu_bf16_support", lambda: support)
+    model = optimize_for_cpu(tiny_whisper())
+    encoder_dtype = next(model.get_encoder().parameters()).dtype
+    decoder_linear = type(model.model.decoder.layers[0].fc1)
+    if support == "native":  # bf16 everywhere
+        assert encoder_dtype == torch.bfloat16 and decoder_linear is nn.Linear
+        assert model.model.decoder.layers[0].fc1.weight.dtype == torch.bfloat16
+    else:  # no bf16 hardware: fp32 encoder, int8 decoder (its fastest there), unless the caller names the decoder
+        assert encoder_dtype == torch.float32 and decoder_linear is Int8Linear and type(model.proj_out) is Int8Logits
+        kept = optimize_for_cpu(tiny_whisper(), decoder="fp32")
+        assert type(kept.model.decoder.layers[0].fc1) is nn.Linear and kept.proj_out.weight.dtype == torch.float32
+    # an explicit dtype is taken as given, whatever the CPU
+    explicit = optimize_for_cpu(tiny_whisper(), dtype=torch.float32)
+    assert type(explicit.model.decoder.layers[0].fc1) is nn.Linear
+
+
+def test_optimize_for_cpu_rejects_a_gpu_model_and_a_bad_decoder():
     meta = tiny_whisper().to("meta")
     with pytest.raises(ValueError, match="for a model on the CPU"):
         optimize_for_cpu(meta)
