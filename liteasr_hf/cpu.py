@@ -1,4 +1,5 @@
-"""The fastest CPU setting for transcription, measured on a 2-core Xeon with AMX: see docs/benchmarks.md.
+"""The fastest CPU setting for transcription, measured on a 2-core Xeon with AMX and on AMD EPYCs with and without
+AVX512-BF16: see docs/benchmarks.md.
 
 The encoder is matrix-matrix work, where bf16 on AMX is about 2.4x fp32. A decoder step at batch 1 is a chain of
 matrix-vector products whose cost is reading the weights from memory (base: 194 MB of fp32 a token, more than half of
@@ -262,7 +263,7 @@ def optimize_for_cpu(model, dtype="auto", decoder: str | None = None, keep_memor
     else float32 with a warning (emulated bf16 is slower than fp32) and, unless `decoder` says otherwise, the int8
     decoder (there the fastest at batch 1 and 8); or a torch dtype. `decoder` overrides the
     decoder and output projection: "fp32" (at batch 1 about as fast as bf16, the decoder's numerics unchanged), "bf16",
-    or "int8" (weight-only int8, `Int8Linear` / `Int8Logits`: on an AMX Xeon 1.2-1.3x the bf16 decoder at batch 1, slower
+    or "int8" (int8 weights, `Int8Linear` / `Int8Logits`: on an AMX Xeon 1.2-1.3x the bf16 decoder at batch 1, slower
     from batch 8, where bf16 is fastest). The encoder's input and output are cast at its boundary, so float32
     features go in as from the feature extractor. The decoder layers run `lean_decoder_`'s forward (same outputs,
     less overhead a token). `keep_memory`: also call `keep_freed_memory()` (process-wide). Returns the model. Any
