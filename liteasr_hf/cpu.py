@@ -98,8 +98,12 @@ class Int8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
+    def product(self, rows):
+        """rows [n, in] times the int8 weight: [n, out], bf16."""
+        return torch.ops.aten._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight, self.scale)
+
     def forward(self, x):
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight, self.scale)
+        y = self.product(x.reshape(-1, self.in_features))
         # At batch 1 a decoder step is ~1,200 small ops, so each one counts: the bias add also casts back (float32 + bf16
         # -> float32).
         y = y.to(x.dtype) if self.bias is None else torch.add(self.bias, y)
@@ -135,18 +139,20 @@ class Int8Logits(Int8Linear):
     def __init__(self, linear: nn.Linear, exact_top_k: int = 16, dynamic: bool = True):
         super().__init__(linear)
         self.full_weight, self.exact_top_k = linear.weight, exact_top_k  # shared with embed_tokens: no copy
-        self.packed = dynamic_int8_pack(*_int8_per_channel(linear.weight)) if dynamic else None  # float32 scales
+        # the same int8 values and scales as the weight-only kernel's, so the two differ only in the activations
+        self.packed = dynamic_int8_pack(self.weight, self.scale.float()) if dynamic else None
         if self.packed is not None:
             del self.weight  # the packed copy replaces it
 
+    def product(self, rows):
+        if self.packed is None:
+            return super().product(rows)
+        # reduce_range: 7-bit activations, so that AVX2's u8 x s8 pairwise products cannot saturate int16
+        return torch.ops.quantized.linear_dynamic(rows.float(), self.packed, True)
+
     def approximate(self, x):
         """The int8 logits of `x` [..., in], before the top is recomputed."""
-        if self.packed is None:
-            return super().forward(x)
-        # reduce_range: 7-bit activations, so that AVX2's u8 x s8 pairwise products cannot saturate int16
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features).float(), self.packed, True)
-        y = y.to(x.dtype) if self.bias is None else torch.add(self.bias, y)
-        return y.view(*x.shape[:-1], self.out_features)
+        return super().forward(x)
 
     def forward(self, x):
         logits = self.approximate(x)
