@@ -68,7 +68,10 @@ def _cast_input(dtype):
 
 def _cast_output(dtype):
     def hook(module, args, kwargs, out):
+        counts = getattr(out.last_hidden_state, "padding_counts", None)  # see _cross_keys_values
         out.last_hidden_state = out.last_hidden_state.to(dtype)
+        if counts is not None:
+            out.last_hidden_state.padding_counts = counts
         return out
     return hook
 
@@ -211,6 +214,23 @@ def _norm(layer_norm: nn.LayerNorm, x):
     return F.layer_norm(x, layer_norm.normalized_shape, layer_norm.weight, layer_norm.bias, layer_norm.eps)
 
 
+def _cross_keys_values(cross_attn, encoder_hidden_states, heads):
+    """Cross-attention keys and values [B, H, T, d]. Where the encoder ran its padding one frame in s and repeated
+    each over its group (`padding_counts`, see LiteWhisperEncoder.encode), rows of a group are equal: project one per
+    group and repeat the result (on a 10 s context at stride 4, 500 rows become ~280)."""
+    counts = getattr(encoder_hidden_states, "padding_counts", None)
+    states = encoder_hidden_states
+    if counts is not None:
+        states = encoder_hidden_states[:, torch.cumsum(counts, 0) - counts]  # each group's first row
+    k = cross_attn.k_proj(states).view(heads).transpose(1, 2)
+    v = cross_attn.v_proj(states).view(heads).transpose(1, 2)
+    if counts is not None:
+        frames = encoder_hidden_states.shape[1]
+        k = k.repeat_interleave(counts, dim=2, output_size=frames)
+        v = v.repeat_interleave(counts, dim=2, output_size=frames)
+    return k, v
+
+
 def _lean_decoder_layer_forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
                                 encoder_attention_mask=None, cache=None, past_key_values=None, use_cache=True, **kwargs):
     """WhisperDecoderLayer.forward for generation: the same computation and cache updates with less around them
@@ -242,8 +262,7 @@ def _lean_decoder_layer_forward(self, hidden_states, attention_mask=None, encode
         layer = cache.cross_attention_cache.layers[idx]
         k, v = layer.keys, layer.values
     else:
-        k = cross_attn.k_proj(encoder_hidden_states).view(heads).transpose(1, 2)
-        v = cross_attn.v_proj(encoder_hidden_states).view(heads).transpose(1, 2)
+        k, v = _cross_keys_values(cross_attn, encoder_hidden_states, heads)
         k, v = cache.cross_attention_cache.update(k, v, idx)
         cache.is_updated[idx] = True
     a = F.scaled_dot_product_attention(q, k, v, scale=cross_attn.scaling)

@@ -25,6 +25,7 @@ from modeling_utils import tiny_audio, tiny_processor, tiny_whisper
     ({"context_buckets": [40]}, "context_buckets"), ({"context_buckets": [15, 10]}, "context_buckets"),
     ({"context_buckets": [10.01]}, "context_buckets"), ({"context_buckets": []}, "context_buckets"),
     ({"context_buckets": "full"}, "context_buckets"), ({"context_margin": -1}, "context_margin"), ({"seed": -1}, "seed"),
+    ({"padding_stride": 0}, "padding_stride"), ({"padding_stride": 2.5}, "padding_stride"),
 ])
 def test_bad_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -46,7 +47,7 @@ def test_defaults_and_round_trip():
 
 
 def test_auto_context_fits_the_window():
-    assert CompressionConfig().context(30.0) == ([10.0, 15.0, 20.0], 1.0)
+    assert CompressionConfig().context(30.0) == ([10.0, 15.0, 20.0], 1.0) and CompressionConfig().padding_stride == 4
     assert CompressionConfig().context(12.0) == ([10.0], 1.0)
     assert CompressionConfig().context(1.0) == (None, 1.0)  # no default bucket is shorter: the full window
     assert CompressionConfig(context_buckets=[0.5], context_margin=0.2).context(1.0) == ([0.5], 0.2)

@@ -73,7 +73,10 @@ def context_description(context) -> str:
     if not context or context.get("buckets") is None:
         return "none: the encoder always runs the full 30 s window"
     buckets = " / ".join(f"{b:g}" for b in context["buckets"])
-    return (f"{buckets} s (the smallest that holds the audio + {context['margin']:g} s, else 30 s); "
+    stride = context.get("padding_stride", 1)
+    padding = (f", past that one padding frame in {stride} encoded (`encoder_padding_stride=1`: every frame)"
+               if stride > 1 else "")
+    return (f"{buckets} s (the smallest that holds the audio + {context['margin']:g} s, else 30 s){padding}; "
             "`generate(..., encoder_context_buckets=None)` runs the full window")
 
 

@@ -177,7 +177,7 @@ class Compressor:
     def compress(self, config: CompressionConfig | None = None):
         """The lite model (LiteWhisperForConditionalGeneration) for `config`, its record in `lite.liteasr_calibration`
         (what save_compressed writes into calibration.json). The dense model is left unchanged."""
-        from ..lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS
+        from ..lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS, check_padding_stride
         from .factors import build_lite_model, densify
         from .ranks import encoder_size
 
@@ -186,6 +186,7 @@ class Compressor:
         self.model.to(self._device)  # back from the CPU, where the last refinement left it
         window = self.model.config.max_source_positions * ENCODER_FRAME_SECONDS
         buckets, margin = config.context(window)
+        check_padding_stride(config.padding_stride, self.model.config.max_source_positions, "padding_stride")
         if self.statistics() is None:
             return None
         current, sizes, stages, lite = self.model, [*config.stages, config.target_size], [], None
@@ -211,6 +212,7 @@ class Compressor:
             stages.append(stage)
             current = None  # a later stage's densified copy is spent once its lite model exists
         lite.config.encoder_context_buckets, lite.config.encoder_context_margin = buckets, margin
+        lite.config.encoder_padding_stride = config.padding_stride
         if config.refine_steps:
             selection["refine"] = stages[-1]["refine"]
         if config.stages:
@@ -225,7 +227,7 @@ class Compressor:
             "ranks": ranks,
             "size": {"lite": lite_params, "dense": dense_params, "fraction": lite_params / dense_params},
             "selection": selection,
-            "context": {"buckets": buckets, "margin": margin},
+            "context": {"buckets": buckets, "margin": margin, "padding_stride": config.padding_stride},
             "config": config.to_dict(),
             "calibration": {"clips": self.num_clips, "windows": len(stats.seen), "frames": stats.frames(), "padding_weight": config.padding_weight,
                             "seed": config.seed, "seconds": time.perf_counter() - t0, "device": str(self.device),
@@ -306,12 +308,14 @@ def context_only(model, config: CompressionConfig | None = None):
     """The dense weights unchanged, as lite-whisper with no low-rank layer and the config's dynamic encoder context:
     what users who do not compress can still gain."""
     from ..lite_whisper import LiteWhisperForConditionalGeneration
-    from ..lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS
+    from ..lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS, check_padding_stride
 
     config = config or CompressionConfig()
     lite = LiteWhisperForConditionalGeneration.from_whisper(model)
     buckets, margin = config.context(model.config.max_source_positions * ENCODER_FRAME_SECONDS)
+    check_padding_stride(config.padding_stride, model.config.max_source_positions, "padding_stride")
     lite.config.encoder_context_buckets, lite.config.encoder_context_margin = buckets, margin
+    lite.config.encoder_padding_stride = config.padding_stride
     return lite
 
 

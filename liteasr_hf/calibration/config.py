@@ -17,6 +17,10 @@ DEFAULT_TARGET_SIZE = 0.8
 # Measured on speech-dev's calibration clips (base, dense and 80 %): 10 s costs no WER; 8 s and below loop without
 # adaptation (docs/benchmarks.md). "auto" = these, those shorter than the model's window.
 DEFAULT_CONTEXT_BUCKETS = (10.0, 15.0, 20.0)
+# Past the audio + margin, one padding frame in 4 computed (LiteWhisperConfig.encoder_padding_stride): on speech-dev's
+# calibration clips, base 80 %, no transcript changed at 4 (two changed at 2 and at 6), 8 looped once (docs/benchmarks.md,
+# run 13).
+DEFAULT_PADDING_STRIDE = 4
 ALLOCATIONS = ("sensitivity", "variance")
 SEQUENTIAL_MODES = ("off", "self", "dense", "dense+residual")
 REFINE_TRAIN = ("factors", "factors+norms", "all")
@@ -60,7 +64,8 @@ class CompressionConfig:
         decoder KL on the dense model's transcripts; `refine_context` refines at the dynamic context (KL only).
     Dynamic encoder context (written into config.json): context_buckets, seconds ascending, "auto" (10 / 15 / 20 s,
         those shorter than the model's window) or None (always the full window); context_margin, seconds of padding
-        kept after the audio.
+        kept after the audio; padding_stride, past those the encoder runs on one padding frame in this many (1: every
+        frame).
     seed: the refinement's held-back clips and batches.
     """
 
@@ -81,6 +86,7 @@ class CompressionConfig:
     refine_context: bool = False
     context_buckets: Sequence[float] | str | None = "auto"
     context_margin: float = 1.0
+    padding_stride: int = DEFAULT_PADDING_STRIDE
     seed: int = 0
 
     def __post_init__(self):
@@ -124,6 +130,7 @@ class CompressionConfig:
                 raise ValueError(f"context_buckets must be seconds, 'auto' or None, got {self.context_buckets!r}")
             self.context_buckets = tuple(self.context_buckets)
         self.check_context(30.0)
+        _number(self.padding_stride, "padding_stride", low=1, integer=True)
         if self.refine_context and (not self.refine_steps or not self.refine_kl or self.context_buckets is None):
             raise ValueError("refine_context needs refine_steps > 0, refine_kl > 0 and context_buckets other than None")
 

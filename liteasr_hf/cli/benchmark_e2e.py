@@ -23,8 +23,9 @@ import math
 import os
 import sys
 
-DEFAULT_ROWS = ["dense/fp32/full", "dense/bf16/full", "dense/cpu-int8/dynamic", "lite/fp32/full", "lite/cpu-bf16/dynamic",
-                "lite/cpu-int8/dynamic"]
+DEFAULT_ROWS = ["dense/fp32/full", "dense/bf16/full", "dense/cpu-int8/strided", "lite/fp32/full", "lite/cpu-bf16/strided",
+                "lite/cpu-int8/strided"]
+CONTEXTS = ("full", "dynamic", "strided")
 ROW_DTYPES = ("fp32", "bf16", "fp16", "cpu", "cpu-bf16", "cpu-int8")
 
 
@@ -37,11 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lite", help="lite checkpoint folder or Hub id (rows 'lite/...'; default: none, dense rows only)")
     p.add_argument("--rows", nargs="+", default=None, metavar="MODEL/DTYPE/CONTEXT",
                    help=f"MODEL dense|lite, DTYPE {'|'.join(ROW_DTYPES)} (cpu*: liteasr_hf.optimize_for_cpu, a bf16 encoder "
-                        "where the CPU has it and the lean decoder layers, with an fp32 (cpu), bf16 (cpu-bf16) or int8 (cpu-int8) decoder), CONTEXT full|dynamic (the first row is the reference; "
+                        "where the CPU has it and the lean decoder layers, with an fp32 (cpu), bf16 (cpu-bf16) or int8 (cpu-int8) decoder), CONTEXT full (every frame of the 30 s window), dynamic (the "
+                        "context buckets, every frame) or strided (the buckets, past audio + margin one frame in --padding-stride) (the first row is the reference; "
                         f"default: {' '.join(DEFAULT_ROWS)}, lite rows only with --lite)")
     p.add_argument("--buckets", type=float, nargs="+", default=None, metavar="SECONDS",
                    help="context buckets of the 'dynamic' rows (default: the lite checkpoint's encoder_context_buckets, else 10 15 20)")
     p.add_argument("--margin", type=float, default=None, help="seconds of padding kept after the audio (default: the checkpoint's, else 1.0)")
+    p.add_argument("--padding-stride", type=int, default=None, metavar="N",
+                   help="the 'strided' rows' padding stride (default: the lite checkpoint's encoder_padding_stride if over 1, else 4)")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
     p.add_argument("--path", nargs="+", choices=["generate", "pipeline"], default=["generate"],
                    help="generate: the project's batched transcribe(); pipeline: pipeline('automatic-speech-recognition')")
@@ -81,12 +85,14 @@ def parse_args(argv=None):
     rows = args.rows or [r for r in DEFAULT_ROWS if args.lite or not r.startswith("lite")]
     for r in rows:
         parts = r.split("/")
-        if len(parts) != 3 or parts[0] not in ("dense", "lite") or parts[1] not in ROW_DTYPES or parts[2] not in ("full", "dynamic"):
-            p.error(f"--rows: {r!r} is not MODEL/DTYPE/CONTEXT with MODEL dense|lite, DTYPE {'|'.join(ROW_DTYPES)}, CONTEXT full|dynamic")
+        if len(parts) != 3 or parts[0] not in ("dense", "lite") or parts[1] not in ROW_DTYPES or parts[2] not in CONTEXTS:
+            p.error(f"--rows: {r!r} is not MODEL/DTYPE/CONTEXT with MODEL dense|lite, DTYPE {'|'.join(ROW_DTYPES)}, CONTEXT {'|'.join(CONTEXTS)}")
         if parts[0] == "lite" and not args.lite and not args.random_shape:
             p.error(f"--rows: {r!r} needs --lite")
     if any(b < 1 for b in args.batch) or args.rounds < 1:
         p.error("--batch and --rounds must be at least 1")
+    if args.padding_stride is not None and args.padding_stride < 1:
+        p.error("--padding-stride must be at least 1")
     args.rows = rows
     return args
 
@@ -147,6 +153,7 @@ def main(argv=None) -> int:
     import torch
 
     from liteasr_hf.conversion import BUNDLED_MODELS
+    from liteasr_hf.calibration.config import DEFAULT_PADDING_STRIDE
     from liteasr_hf.cpu import cpu_bf16_support, optimize_for_cpu
     from liteasr_hf.conversion.bundled import ct2_folder
     from liteasr_hf.evaluation import end_to_end as e2e
@@ -171,6 +178,8 @@ def main(argv=None) -> int:
     lite_config = model("lite", "fp32")[0].config if args.lite else None
     buckets = args.buckets or (lite_config and lite_config.encoder_context_buckets) or [10.0, 15.0, 20.0]
     margin = args.margin if args.margin is not None else (lite_config.encoder_context_margin if lite_config else 1.0)
+    checkpoint_stride = getattr(lite_config, "encoder_padding_stride", 1) if lite_config else 1
+    stride = args.padding_stride or (checkpoint_stride if checkpoint_stride > 1 else DEFAULT_PADDING_STRIDE)
     rows = []
     for path in args.path:
         for batch in args.batch:
@@ -180,7 +189,8 @@ def main(argv=None) -> int:
                 gen = generate_kwargs(m, "en")
                 row = e2e.Row(f"{spec} b{batch} {path}", None)
                 row.run = e2e.transformers_runner(m, processor, batch_size=batch, path=path, gen=gen, margin=margin,
-                                                  buckets=buckets if context == "dynamic" else None, timer_box=row.encoder_seconds)
+                                                  buckets=None if context == "full" else buckets, timer_box=row.encoder_seconds,
+                                                  padding_stride=stride if context == "strided" else 1)
                 rows.append(row)
     fw = args.faster_whisper
     if fw == "auto":
@@ -200,7 +210,7 @@ def main(argv=None) -> int:
                             else label.rsplit(" ", 1)[1] + " generate")
     settings = {"clips": len(clips), "audio_s": sum(c.seconds for c in clips), "machine": e2e.machine(),
                 "torch": torch.__version__, "threads": threads, "bf16": cpu_bf16_support(), "rounds": args.rounds,
-                "chunk": chunk, "buckets": buckets, "margin": margin, "dense": args.dense, "lite": args.lite,
+                "chunk": chunk, "buckets": buckets, "margin": margin, "padding_stride": stride, "dense": args.dense, "lite": args.lite,
                 "dataset": args.dataset or "shipped clips", "split": args.split}
     print(e2e.markdown(results, settings))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

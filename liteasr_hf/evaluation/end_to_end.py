@@ -21,7 +21,7 @@ import torch
 
 from ..audio import SAMPLING_RATE
 from ..generation import quiet_length_warning
-from ..lite_whisper.configuration_lite_whisper import check_context
+from ..lite_whisper.configuration_lite_whisper import check_context, check_padding_stride
 from ..lite_whisper.modeling_lite_whisper import MEL_FRAME_SECONDS
 from .run import repeated_ngram, transcribe
 from .wer import wer_difference, word_errors
@@ -68,18 +68,19 @@ def as_lite(model):
     return LiteWhisperForConditionalGeneration.from_whisper(model)
 
 
-def transformers_runner(model, processor, *, batch_size, buckets, margin, path, gen, timer_box):
+def transformers_runner(model, processor, *, batch_size, buckets, margin, path, gen, timer_box, padding_stride=1):
     """A callable(audios) -> (texts, capped) through `transcribe` (generate) or `pipeline()`, the encoder on `buckets`
-    (None: the full window) with `margin` (a lite model, see `as_lite`); each call's encoder seconds go to
-    `timer_box`."""
+    (None: the full window) with `margin` and `padding_stride` (a lite model, see `as_lite`); each call's encoder
+    seconds go to `timer_box`."""
     encoder = model.get_encoder()
     check_context(buckets, margin, encoder.full_frames() * MEL_FRAME_SECONDS)  # bad values fail before any timing
+    check_padding_stride(padding_stride, model.config.max_source_positions)
 
     def with_context(fn):
         def run(audios):
             timer = EncoderTimer(encoder)
             try:
-                with encoder.encoder_context(buckets, margin):
+                with encoder.encoder_context(buckets, margin, padding_stride):
                     result = fn(audios)
             finally:
                 timer.remove()

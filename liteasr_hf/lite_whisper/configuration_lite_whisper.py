@@ -2,7 +2,8 @@
 
 Ships inside checkpoints (trust_remote_code): import siblings with single-dot imports only.
 Reads and writes the published LiteASR layout (efficient-speech/lite-whisper-*), whose only extra field is
-`low_rank_config`. `encoder_context_buckets` / `encoder_context_margin` (dynamic encoder context) are this package's;
+`low_rank_config`. `encoder_context_buckets` / `encoder_context_margin` / `encoder_padding_stride` (dynamic encoder
+context) are this package's;
 a config without them (every published checkpoint) runs the full 30 s window.
 """
 
@@ -62,6 +63,13 @@ def check_context(buckets, margin, max_seconds: float, where: str = "encoder_con
         raise ValueError(f"{where} must ascend, got {buckets}")
 
 
+def check_padding_stride(stride, max_frames: int, where: str = "encoder_padding_stride") -> None:
+    """Raise ValueError naming the field unless `stride` is a whole number of encoder frames in [1, max_frames]."""
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_frames:
+        raise ValueError(f"{where} must be a whole number of encoder frames in [1, {max_frames}] (1: every frame), "
+                         f"got {stride!r}")
+
+
 class LiteWhisperConfig(WhisperConfig):
     """`WhisperConfig` plus `low_rank_config`: one dict per encoder layer mapping any of
     q_proj, k_proj, v_proj, out_proj, fc1, fc2 to a rank. A name left out stays a dense `nn.Linear`.
@@ -69,7 +77,10 @@ class LiteWhisperConfig(WhisperConfig):
     Dynamic encoder context: with `encoder_context_buckets` (seconds, ascending, e.g. [10, 15, 20]) the encoder runs on
     the smallest bucket that holds the audio plus `encoder_context_margin` seconds of the padding after it (the
     decoder needs some), or on the full window when none does. A batch takes the bucket of its longest clip. None (the
-    default) always runs the full 30 s window, as Whisper does.
+    default) always runs the full 30 s window, as Whisper does. `encoder_padding_stride` s > 1: past the audio plus the
+    margin, the encoder runs on one frame in s of the padding, each standing for its s neighbours (attention weighs it
+    by s; its output is repeated over them), so the decoder still sees every position of the context while the
+    encoder pays for a fraction of the padding. 1 (the default) runs every frame.
 
     `attention_kernel` picks the rank-space attention core's implementation under attn_implementation="liteasr":
     "auto" (default: the Triton kernel on CUDA, PyTorch SDPA elsewhere, always on the CPU), "triton" (the kernel
@@ -80,7 +91,8 @@ class LiteWhisperConfig(WhisperConfig):
     model_type = "lite-whisper"
 
     def __init__(self, low_rank_config: list[dict[str, int]] | None = None, encoder_context_buckets=None,
-                 encoder_context_margin: float = 1.0, attention_kernel: str = "auto", **kwargs):
+                 encoder_context_margin: float = 1.0, encoder_padding_stride: int = 1, attention_kernel: str = "auto",
+                 **kwargs):
         # The checkpoint's custom ASR pipeline is for trust_remote_code users. With the package installed its own
         # pipeline is registered instead, and keeping the entry would make pipeline() demand trust_remote_code.
         if _RUNS_AS_PACKAGE:
@@ -93,6 +105,8 @@ class LiteWhisperConfig(WhisperConfig):
         check_context(encoder_context_buckets, encoder_context_margin, self.max_source_positions * ENCODER_FRAME_SECONDS)
         self.encoder_context_buckets = None if encoder_context_buckets is None else [float(b) for b in encoder_context_buckets]
         self.encoder_context_margin = float(encoder_context_margin)
+        check_padding_stride(encoder_padding_stride, self.max_source_positions)
+        self.encoder_padding_stride = encoder_padding_stride
         self.attention_kernel = attention_kernel  # validated by __setattr__
 
     def __setattr__(self, key, value):

@@ -35,7 +35,14 @@ from transformers.models.whisper.modeling_whisper import (
 
 from .attention_lite_whisper import attention_core
 from .generation_config_lite_whisper import complete_whisper_generation_config
-from .configuration_lite_whisper import ENCODER_FRAME_SECONDS, LOW_RANK_SHAPES, LiteWhisperConfig, check_context, projection_path
+from .configuration_lite_whisper import (
+    ENCODER_FRAME_SECONDS,
+    LOW_RANK_SHAPES,
+    LiteWhisperConfig,
+    check_context,
+    check_padding_stride,
+    projection_path,
+)
 from .pipeline_lite_whisper import LiteWhisperASRPipeline, register_asr_pipeline
 
 ATTN_IMPLEMENTATION = "liteasr"
@@ -116,10 +123,13 @@ class LiteWhisperAttention(WhisperAttention):
     """
 
     def forward(self, hidden_states, key_value_states=None, attention_mask=None, output_attentions=False, **kwargs):
+        # The one mask the encoder passes is a per-key additive bias [B or 1, 1, 1, T] (see `padding_groups`): it adds
+        # to the rank-space key bias. Any other mask goes the dense way.
+        key_weights = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1:3] == (1, 1)
         if (
             self.config._attn_implementation != ATTN_IMPLEMENTATION
             or key_value_states is not None
-            or attention_mask is not None
+            or (attention_mask is not None and not key_weights)
             or output_attentions
             or (self.training and self.dropout > 0)
             or not self._low_rank_names()
@@ -133,10 +143,14 @@ class LiteWhisperAttention(WhisperAttention):
             )
         q, k, v, key_bias = self.attention_operands(hidden_states)
         if self._qk_rank_space() or self._v_rank_space():
+            if attention_mask is not None:
+                mask = attention_mask[:, :, 0].to(q.dtype)  # [B or 1, 1, T]
+                key_bias = mask.expand(q.shape[0], q.shape[1], -1) if key_bias is None else key_bias + mask
             kernel = getattr(self.config, "attention_kernel", "auto")  # "auto" | "triton" | "reference"
             out = attention_core(q, k, v, key_bias, kernel=kernel)  # [B, H, T, r or d]
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # the scale is folded into q
+        else:  # the scale is folded into q
+            mask = None if attention_mask is None else attention_mask.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         if self._v_rank_space():
             v_proj = self.v_proj
             w2 = v_proj.weight2.unflatten(1, (self.num_heads, self.head_dim)).transpose(0, 1)  # [H, kv, d]
@@ -343,17 +357,32 @@ def audio_frames(input_features, attention_mask=None):
     return (audio * position).amax(-1)
 
 
-def context_frames(input_features, attention_mask, buckets, margin, full_frames: int) -> int:
-    """Mel frames the encoder runs on: the smallest bucket holding the batch's longest audio plus `margin` seconds,
-    else (and always when buckets is None) `full_frames`."""
+def context_frames(input_features, attention_mask, buckets, margin, full_frames: int, need: int | None = None) -> int:
+    """Mel frames the encoder runs on: the smallest bucket holding the batch's longest audio plus `margin` seconds
+    (`need` mel frames, where the caller has counted them), else (and always when buckets is None) `full_frames`."""
     if buckets is None:
         return full_frames
-    need = int(audio_frames(input_features, attention_mask).max()) + round(margin / MEL_FRAME_SECONDS)
+    if need is None:
+        need = int(audio_frames(input_features, attention_mask).max()) + round(margin / MEL_FRAME_SECONDS)
     for seconds in buckets:
         frames = round(seconds / MEL_FRAME_SECONDS)
         if frames >= need:
             return min(frames, full_frames)
     return full_frames
+
+
+def padding_groups(frames: int, dense_frames: int, stride: int, device=None):
+    """The positions the encoder runs on when frames past `dense_frames` (the audio plus the margin) are taken one
+    in `stride`: (index [N] of each position's frame, frames each stands for [N]). Frames [0, dense_frames) stand for
+    themselves; the rest fall in groups of `stride` consecutive frames (the last one shorter), each represented by its
+    middle frame. A group's frames carry the same features (padding) and neighbouring positions, so the encoder
+    computes one and lets it count `stride` times in attention: log(count) added to its attention scores is softmax
+    over `count` copies of it."""
+    dense_frames = min(dense_frames, frames)
+    starts = torch.arange(dense_frames, frames, stride, device=device)
+    counts = torch.clamp(frames - starts, max=stride)
+    index = torch.cat([torch.arange(dense_frames, device=device), starts + (counts - 1) // 2])
+    return index, torch.cat([torch.ones(dense_frames, dtype=counts.dtype, device=device), counts])
 
 
 def padding_frames(input_features, frames: int):
@@ -374,24 +403,35 @@ class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
         super().__init__(config)
         self.layers = nn.ModuleList(LiteWhisperEncoderLayer(config, ranks) for ranks in config.low_rank_config)
         self._context_override = None
+        self._stride_override = None
         self.post_init()
 
     def full_frames(self) -> int:
         return self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
 
     @contextlib.contextmanager
-    def encoder_context(self, buckets=_UNSET, margin=_UNSET):
-        """Run the block with other context buckets (None: the full window) and/or margin than those in force."""
-        previous = self._context_override
+    def encoder_context(self, buckets=_UNSET, margin=_UNSET, padding_stride=_UNSET):
+        """Run the block with other context buckets (None: the full window), margin and/or padding stride than those
+        in force."""
+        previous = self._context_override, self._stride_override
         current_buckets, current_margin = self.context_settings()  # what is not given stays as it is (nesting)
         buckets = current_buckets if buckets is _UNSET else buckets
         margin = current_margin if margin is _UNSET else margin
+        padding_stride = self.padding_stride() if padding_stride is _UNSET else padding_stride
         check_context(buckets, margin, self.full_frames() * MEL_FRAME_SECONDS)
+        check_padding_stride(padding_stride, self.config.max_source_positions)
         self._context_override = (None if buckets is None else [float(b) for b in buckets], float(margin))
+        self._stride_override = padding_stride
         try:
             yield self
         finally:
-            self._context_override = previous
+            self._context_override, self._stride_override = previous
+
+    def padding_stride(self) -> int:
+        """The encoder padding stride in force now (see `padding_groups`); 1: every frame."""
+        if self._stride_override is not None:
+            return self._stride_override
+        return getattr(self.config, "encoder_padding_stride", 1)
 
     def context_settings(self):
         """(buckets or None, margin in seconds) in force now."""
@@ -401,35 +441,62 @@ class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
 
     def context_input(self, input_features, attention_mask=None):
         """The features cut or padded to the context the encoder runs on: the data-dependent step of `forward` (it
-        reads the audio's length), apart from `encode`, whose shapes then follow from the input's (CUDA graphs)."""
+        reads the audio's length), apart from `encode`, whose shapes then follow from the input's (CUDA graphs). Without
+        the padding stride: `encode` alone then runs every frame."""
+        return self._context_plan(input_features, attention_mask)[0]
+
+    def _context_plan(self, input_features, attention_mask=None):
+        """(features at the context, encoder frames that hold the audio plus the margin, or None when the encoder runs
+        every frame: no bucket and no padding stride)."""
         full = self.full_frames()
         if input_features.shape[-1] > full:
             raise ValueError(f"the encoder takes at most {full} mel frames ({full * MEL_FRAME_SECONDS:g} s), got "
                              f"{input_features.shape[-1]}: long-form audio goes through generate(), 30 s at a time")
         buckets, margin = self.context_settings()
-        frames = context_frames(input_features, attention_mask, buckets, margin, full)
+        need = None
+        if buckets is not None or self.padding_stride() > 1:
+            need = int(audio_frames(input_features, attention_mask).max()) + round(margin / MEL_FRAME_SECONDS)
+        frames = context_frames(input_features, attention_mask, buckets, margin, full, need)
         if frames < input_features.shape[-1]:
-            return input_features[..., :frames]
-        if frames > input_features.shape[-1]:  # features cut short (padding="longest"): pad as the extractor would
-            return torch.cat([input_features, padding_frames(input_features, frames)], dim=-1)
-        return input_features
+            input_features = input_features[..., :frames]
+        elif frames > input_features.shape[-1]:  # features cut short (padding="longest"): pad as the extractor would
+            input_features = torch.cat([input_features, padding_frames(input_features, frames)], dim=-1)
+        stride_applies = need is not None and self.padding_stride() > 1
+        return input_features, (-(-need // 2) if stride_applies else None)  # two mel frames an encoder frame
 
     @modeling_whisper.merge_with_config_defaults
     @modeling_whisper.capture_outputs
     def forward(self, input_features, attention_mask=None, **kwargs):
-        hidden_states = self.encode(self.context_input(input_features, attention_mask), **kwargs)
+        features, dense_frames = self._context_plan(input_features, attention_mask)
+        hidden_states = self.encode(features, dense_frames=dense_frames, **kwargs)
         return modeling_whisper.BaseModelOutput(last_hidden_state=hidden_states)
 
-    def encode(self, input_features, **kwargs):
-        """Last hidden state [B, frames / 2, d] of features already at their context: stem, sliced positions, layers."""
+    def encode(self, input_features, dense_frames=None, **kwargs):
+        """Last hidden state [B, frames / 2, d] of features already at their context: stem, sliced positions, layers.
+        With `dense_frames` and a padding stride in force, the frames after the first `dense_frames` are computed one
+        in `padding_stride()` (`padding_groups`) and repeated over their groups in the output."""
         inputs_embeds = F.gelu(self.conv1(input_features))
         inputs_embeds = F.gelu(self.conv2(inputs_embeds)).permute(0, 2, 1)
         hidden_states = inputs_embeds + self.embed_positions.weight[: inputs_embeds.shape[1]]
         hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        frames, counts, key_weights = hidden_states.shape[1], None, None
+        stride = self.padding_stride()
+        # flash-attention implementations take no additive mask: they run every frame
+        if (dense_frames is not None and stride > 1 and dense_frames < frames - 1
+                and self.config._attn_implementation in (ATTN_IMPLEMENTATION, "sdpa", "eager")):
+            index, counts = padding_groups(frames, dense_frames, stride, hidden_states.device)
+            hidden_states = hidden_states[:, index]
+            key_weights = counts.to(hidden_states.dtype).log().view(1, 1, 1, -1)
         for encoder_layer in self.layers:  # as WhisperEncoder.forward, LayerDrop included
             if not (self.training and self.layerdrop > 0.0 and torch.rand([]) < self.layerdrop):
-                hidden_states = encoder_layer(hidden_states, None, **kwargs)
-        return self.layer_norm(hidden_states)
+                hidden_states = encoder_layer(hidden_states, key_weights, **kwargs)
+        hidden_states = self.layer_norm(hidden_states)
+        if counts is not None:  # every position back, so that the decoder (and word timestamps) see the whole context
+            hidden_states = hidden_states.repeat_interleave(counts, dim=1, output_size=frames)
+            # A decoder that knows may project each group once (liteasr_hf.cpu's lean layers do); transformers' own
+            # never looks, and a copy of the tensor (beam expansion, batch slicing) drops the note.
+            hidden_states.padding_counts = counts
+        return hidden_states
 
 
 class LiteWhisperModel(LiteWhisperPreTrainedModel, WhisperModel):
@@ -544,10 +611,12 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
         for path in [__file__, *get_relative_import_files(__file__)]:
             shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
 
-    def generate(self, *args, encoder_context_buckets=_UNSET, encoder_context_margin=_UNSET, **kwargs):
-        """Whisper's `generate`; `encoder_context_buckets` (seconds, or None for the full 30 s window) and
-        `encoder_context_margin` override the config's dynamic encoder context for this call."""
-        with self.model.encoder.encoder_context(encoder_context_buckets, encoder_context_margin):
+    def generate(self, *args, encoder_context_buckets=_UNSET, encoder_context_margin=_UNSET,
+                 encoder_padding_stride=_UNSET, **kwargs):
+        """Whisper's `generate`; `encoder_context_buckets` (seconds, or None for the full 30 s window),
+        `encoder_context_margin` and `encoder_padding_stride` override the config's dynamic encoder context for this
+        call."""
+        with self.model.encoder.encoder_context(encoder_context_buckets, encoder_context_margin, encoder_padding_stride):
             return super().generate(*args, **kwargs)
 
     def _retrieve_logit_processors(self, *args, **kwargs):
