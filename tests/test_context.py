@@ -218,7 +218,10 @@ print("RESULT" + json.dumps(seen))
 """
 
 
-def test_saved_folder_uses_its_context_with_trust_remote_code_alone(processor, tmp_path):
+def positions_in_fresh_process(lite, processor, tmp_path):
+    """Save `lite`, load the folder in a fresh process without the package (trust_remote_code alone), run a 0.25 s
+    clip through its pipeline twice (config context, then encoder_context_buckets=None): the positions encoder
+    layer 0 saw each time."""
     import json
     import os
     import subprocess
@@ -226,7 +229,6 @@ def test_saved_folder_uses_its_context_with_trust_remote_code_alone(processor, t
 
     from liteasr_hf import save_lite_checkpoint
 
-    _, lite = lite_model([0.4, 0.6], margin=0.1)
     folder = save_lite_checkpoint(lite, str(tmp_path / "saved"), processor=processor)
     torch.save(torch.from_numpy(tiny_audio(seconds=0.25)), tmp_path / "audio.pt")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
@@ -234,8 +236,13 @@ def test_saved_folder_uses_its_context_with_trust_remote_code_alone(processor, t
     result = subprocess.run([sys.executable, "-I", "-c", FRESH_PROCESS, folder, str(tmp_path / "audio.pt")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.split("RESULT", 1)[1])
+
+
+def test_saved_folder_uses_its_context_with_trust_remote_code_alone(processor, tmp_path):
+    _, lite = lite_model([0.4, 0.6], margin=0.1)
     # 0.25 s + 0.1 s margin -> the 0.4 s bucket (20 positions); the per-call override -> the full 50
-    assert json.loads(result.stdout.split("RESULT", 1)[1]) == [20, 50]
+    assert positions_in_fresh_process(lite, processor, tmp_path) == [20, 50]
 
 
 @pytest.fixture(scope="module")

@@ -173,21 +173,9 @@ def test_real_speech_long_form_and_word_timestamps_with_padding_stride(real_cont
 
 
 def test_saved_folder_uses_its_padding_stride_with_trust_remote_code_alone(processor, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from liteasr_hf import save_lite_checkpoint
-    from test_context import FRESH_PROCESS, tiny_audio
+    from test_context import positions_in_fresh_process
 
     _, lite = lite_model([0.4, 0.6], margin=0.1)
     lite.config.encoder_padding_stride = 4
-    folder = save_lite_checkpoint(lite, str(tmp_path / "saved"), processor=processor)
-    torch.save(torch.from_numpy(tiny_audio(seconds=0.25)), tmp_path / "audio.pt")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run([sys.executable, "-I", "-c", FRESH_PROCESS, folder, str(tmp_path / "audio.pt")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
     # 0.25 s + 0.1 s = 18 dense positions; the 0.4 s bucket's other 2 in one group, the full window's other 32 in 8
-    assert json.loads(result.stdout.split("RESULT", 1)[1]) == [18 + 1, 18 + 8]
+    assert positions_in_fresh_process(lite, processor, tmp_path) == [18 + 1, 18 + 8]

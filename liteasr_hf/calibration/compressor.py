@@ -186,6 +186,7 @@ class Compressor:
         self.model.to(self._device)  # back from the CPU, where the last refinement left it
         window = self.model.config.max_source_positions * ENCODER_FRAME_SECONDS
         buckets, margin = config.context(window)
+        # before the statistics pass, not when the result is assigned to the lite config after it
         check_padding_stride(config.padding_stride, self.model.config.max_source_positions, "padding_stride")
         if self.statistics() is None:
             return None
@@ -308,12 +309,11 @@ def context_only(model, config: CompressionConfig | None = None):
     """The dense weights unchanged, as lite-whisper with no low-rank layer and the config's dynamic encoder context:
     what users who do not compress can still gain."""
     from ..lite_whisper import LiteWhisperForConditionalGeneration
-    from ..lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS, check_padding_stride
+    from ..lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS
 
     config = config or CompressionConfig()
     lite = LiteWhisperForConditionalGeneration.from_whisper(model)
     buckets, margin = config.context(model.config.max_source_positions * ENCODER_FRAME_SECONDS)
-    check_padding_stride(config.padding_stride, model.config.max_source_positions, "padding_stride")
     lite.config.encoder_context_buckets, lite.config.encoder_context_margin = buckets, margin
     lite.config.encoder_padding_stride = config.padding_stride
     return lite

@@ -105,13 +105,14 @@ class LiteWhisperConfig(WhisperConfig):
         check_context(encoder_context_buckets, encoder_context_margin, self.max_source_positions * ENCODER_FRAME_SECONDS)
         self.encoder_context_buckets = None if encoder_context_buckets is None else [float(b) for b in encoder_context_buckets]
         self.encoder_context_margin = float(encoder_context_margin)
-        check_padding_stride(encoder_padding_stride, self.max_source_positions)
-        self.encoder_padding_stride = encoder_padding_stride
-        self.attention_kernel = attention_kernel  # validated by __setattr__
+        self.encoder_padding_stride = encoder_padding_stride  # validated by __setattr__, as is the next
+        self.attention_kernel = attention_kernel
 
     def __setattr__(self, key, value):
         # Also catches what __init__ does not see: from_pretrained(..., attention_kernel=...) sets config kwargs
-        # with setattr after construction, as does model.config.attention_kernel = ....
+        # with setattr after construction, as do model.config.attention_kernel = ... and the compressor.
+        if key == "encoder_padding_stride":
+            check_padding_stride(value, self.max_source_positions)
         if key == "attention_kernel" and (not isinstance(value, str) or value not in ATTENTION_KERNELS):
             allowed = ", ".join(map(repr, ATTENTION_KERNELS))
             raise ValueError(f"attention_kernel must be one of {allowed}, got {value!r}")

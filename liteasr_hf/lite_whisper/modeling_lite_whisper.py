@@ -125,7 +125,8 @@ class LiteWhisperAttention(WhisperAttention):
     def forward(self, hidden_states, key_value_states=None, attention_mask=None, output_attentions=False, **kwargs):
         # The one mask the encoder passes is a per-key additive bias [B or 1, 1, 1, T] (see `padding_groups`): it adds
         # to the rank-space key bias. Any other mask goes the dense way.
-        key_weights = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1:3] == (1, 1)
+        key_weights = (attention_mask is not None and attention_mask.is_floating_point() and attention_mask.dim() == 4
+                       and attention_mask.shape[1:3] == (1, 1))
         if (
             self.config._attn_implementation != ATTN_IMPLEMENTATION
             or key_value_states is not None
