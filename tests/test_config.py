@@ -113,13 +113,14 @@ def test_refinement_and_context_options(compressor, monkeypatch):
     monkeypatch.setattr(refine_module, "refine", spy)
     config = CompressionConfig(target_size=0.8, probe_clips=3, refine_steps=2, refine_lr=3e-5, refine_warmup=1,
                                refine_train="factors+norms", refine_kl=0.5, refine_context=True,
-                               context_buckets=[0.6], context_margin=0.1, seed=7)
+                               context_buckets=[0.6], context_margin=0.1, padding_stride=2, seed=7)
     lite = compressor.compress(config)
     (kw,) = calls
     assert (kw["steps"], kw["lr"], kw["warmup"], kw["train"], kw["kl_weight"], kw["seed"], kw["pad_weight"]) == (2, 3e-5, 1, "factors+norms", 0.5, 7, 0.5)
-    assert kw["context"] == ([0.6], 0.1) and kw["mse_weight"] == 0.0 and kw["token_targets"] is not None
+    # the student is refined at the context it will run: buckets, margin and the padding stride
+    assert kw["context"] == ([0.6], 0.1, 2) and kw["mse_weight"] == 0.0 and kw["token_targets"] is not None
     assert lite.liteasr_calibration["selection"]["refine"]["steps"] == 2
-    assert (lite.config.encoder_context_buckets, lite.config.encoder_context_margin) == ([0.6], 0.1)
+    assert (lite.config.encoder_context_buckets, lite.config.encoder_context_margin, lite.config.encoder_padding_stride) == ([0.6], 0.1, 2)
     assert lite.liteasr_calibration["config"] == config.to_dict()
     calls.clear()
     compressor.compress(CompressionConfig(target_size=0.8, probe_clips=3, refine_steps=1))

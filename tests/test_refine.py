@@ -124,3 +124,11 @@ def test_refine_at_a_dynamic_context_trains_and_scores_the_student_there():
     # differs by far more (6e-5 here, where the context cuts 10 of 60 frames), so "best" was scored at the context.
     assert abs(held_kl(context) - r["best"]) < 2e-6, (held_kl(context), r["best"])
     assert abs(held_kl((None, 0.1)) - r["best"]) > 2e-5
+
+    # With a padding stride in the context, training runs the strided encoder: fewer positions than the bucket's 50
+    seen.clear()
+    hook = encoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    refine(lite, feats, real, targets, token_targets=tokens, kl_weight=1.0, mse_weight=0.0, context=([1.0], 0.1, 4),
+           steps=1, lr=3e-3, batch_size=2, eval_every=1, seed=0, progress=False)
+    hook.remove()
+    assert seen and max(seen) < 50, seen

@@ -167,9 +167,9 @@ class Compressor:
 
         feats, _ = self.features()
         if self._targets is None:
-            self._targets = teacher_outputs(self.model, feats, self.batch_size)
+            self._targets = teacher_outputs(self.model, feats, self.batch_size, progress=self.progress)
         if tokens and self._tokens is None:
-            self._tokens = teacher_tokens(self.model, feats, self.batch_size)
+            self._tokens = teacher_tokens(self.model, feats, self.batch_size, progress=self.progress)
         return self._targets, self._tokens if tokens else None
 
     # ---- the recipe ---------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ class Compressor:
             lite = build_lite_model(current, ranks, self._factors(current, pcas, ranks, config))
             stage = {"size": size}
             if config.refine_steps:
-                stage["refine"] = self._refine(lite, config, (buckets, margin))
+                stage["refine"] = self._refine(lite, config, (buckets, margin, config.padding_stride))
             stages.append(stage)
             current = None  # a later stage's densified copy is spent once its lite model exists
         lite.config.encoder_context_buckets, lite.config.encoder_context_margin = buckets, margin

@@ -40,23 +40,30 @@ def _enc_out(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def teacher_outputs(dense_model: nn.Module, features: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+def teacher_outputs(dense_model: nn.Module, features: torch.Tensor, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
     """The dense encoder's outputs [N, T, D] on the calibration features (computed once, CPU)."""
+    from tqdm.auto import tqdm
+
     enc = _encoder(dense_model).eval()
     p = next(enc.parameters())
-    return torch.cat([_enc_out(enc, f.to(p.device, p.dtype)).float().cpu() for f in features.split(batch_size)])
+    batches = tqdm(features.split(batch_size), desc="teacher encoder outputs", unit="batch", disable=not progress)
+    return torch.cat([_enc_out(enc, f.to(p.device, p.dtype)).float().cpu() for f in batches])
 
 
 @torch.no_grad()
-def teacher_tokens(dense_model: nn.Module, features: torch.Tensor, batch_size: int = 8, **generate_kwargs):
+def teacher_tokens(dense_model: nn.Module, features: torch.Tensor, batch_size: int = 8, progress: bool = False,
+                   **generate_kwargs):
     """Teacher forcing targets for the KL loss: for each clip, the dense model's greedy token ids
     (prompt included) and its log-probabilities over them [len - 1, vocab] (float16, CPU)."""
+    from tqdm.auto import tqdm
+
     p = next(dense_model.parameters())
     # The token cap of evaluation; the prompt (<= 4 tokens) must fit the decoder's positions too. No language is
     # forced: the teacher transcribes calibration audio in whatever language it hears.
     generate_kwargs = {"max_new_tokens": min(MAX_NEW_TOKENS, dense_model.config.max_target_positions - 4), **generate_kwargs}
     out = []
-    for f in features.split(batch_size):
+    # the dense model transcribes every calibration window at the full 30 s: minutes on a CPU
+    for f in tqdm(features.split(batch_size), desc="teacher transcripts", unit="batch", disable=not progress):
         f = f.to(p.device, p.dtype)
         with quiet_length_warning():
             seqs = dense_model.generate(f, **generate_kwargs)
@@ -134,12 +141,12 @@ def refine(
     best-scoring parameters are restored. `warmup`: the learning rate rises linearly to `lr` over this
     many steps (Adam's first steps, before its variance estimates settle, can throw the factors far off
     the PCA start: with the decoder KL at lr 1e-4 the held-out loss rose up to 5x in 25 steps).
-    `context` = (buckets, margin): the student's encoder runs on the dynamic context it will use (a lite model's
-    `encoder_context`), the teacher's targets stay full-window. Matching the full window's first frames is the wrong
-    target there (the decoder reads a trimmed full-window output worse than a short-context one: base 80 % on the
-    calibration clips, 34.2 against 11.6 % WER), so with a context the loss should be the decoder KL alone
-    (`mse_weight=0`): what the decoder predicts from the short context against what the dense model predicts from
-    the full one.
+    `context` = (buckets, margin[, padding_stride]): the student's encoder runs on the dynamic context it will use (a
+    lite model's `encoder_context`, padding stride included), the teacher's targets stay full-window. Matching the
+    full window's first frames is the wrong target there (the decoder reads a trimmed full-window output worse than a
+    short-context one: base 80 % on the calibration clips, 34.2 against 11.6 % WER), so with a context the loss
+    should be the decoder KL alone (`mse_weight=0`): what the decoder predicts from the short context against what
+    the dense model predicts from the full one.
     Returns {"history": [(step, train, held-out)], "best": ..., "steps": steps run, "initial": held-out
     loss before refinement}.
     """
