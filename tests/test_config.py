@@ -107,7 +107,7 @@ def test_refinement_and_context_options(compressor, monkeypatch):
     real = refine_module.refine
 
     def spy(lite, *args, **kwargs):
-        calls.append(kwargs)
+        calls.append({**kwargs, "targets": args[2]})
         return real(lite, *args, **kwargs)
 
     monkeypatch.setattr(refine_module, "refine", spy)
@@ -119,12 +119,14 @@ def test_refinement_and_context_options(compressor, monkeypatch):
     assert (kw["steps"], kw["lr"], kw["warmup"], kw["train"], kw["kl_weight"], kw["seed"], kw["pad_weight"]) == (2, 3e-5, 1, "factors+norms", 0.5, 7, 0.5)
     # the student is refined at the context it will run: buckets, margin and the padding stride
     assert kw["context"] == ([0.6], 0.1, 2) and kw["mse_weight"] == 0.0 and kw["token_targets"] is not None
+    assert kw["targets"] is None  # KL alone at the context: no encoder-output teacher pass
     assert lite.liteasr_calibration["selection"]["refine"]["steps"] == 2
     assert (lite.config.encoder_context_buckets, lite.config.encoder_context_margin, lite.config.encoder_padding_stride) == ([0.6], 0.1, 2)
     assert lite.liteasr_calibration["config"] == config.to_dict()
     calls.clear()
     compressor.compress(CompressionConfig(target_size=0.8, probe_clips=3, refine_steps=1))
     assert calls[0]["context"] is None and calls[0]["mse_weight"] == 1.0 and calls[0]["token_targets"] is None
+    assert calls[0]["targets"].shape[0] == 6  # the MSE's targets: one per calibration clip
 
 
 def test_compress_and_save(tmp_path):

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from liteasr_hf.calibration.factors import apply_factors_
@@ -128,7 +129,10 @@ def test_refine_at_a_dynamic_context_trains_and_scores_the_student_there():
     # With a padding stride in the context, training runs the strided encoder: fewer positions than the bucket's 50
     seen.clear()
     hook = encoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
-    refine(lite, feats, real, targets, token_targets=tokens, kl_weight=1.0, mse_weight=0.0, context=([1.0], 0.1, 4),
+    # (the KL alone needs no encoder-output targets)
+    refine(lite, feats, real, None, token_targets=tokens, kl_weight=1.0, mse_weight=0.0, context=([1.0], 0.1, 4),
            steps=1, lr=3e-3, batch_size=2, eval_every=1, seed=0, progress=False)
     hook.remove()
     assert seen and max(seen) < 50, seen
+    with pytest.raises(ValueError, match="mse_weight > 0 needs targets"):
+        refine(lite, feats, real, None, token_targets=tokens, kl_weight=1.0, steps=1, progress=False)

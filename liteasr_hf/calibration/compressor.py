@@ -161,16 +161,17 @@ class Compressor:
             self._gains[key] = gains
         return gains
 
-    def teacher(self, tokens: bool):
-        """(dense encoder outputs, dense transcripts with their log-probabilities or None) for refinement (cached)."""
+    def teacher(self, outputs: bool, tokens: bool):
+        """(dense encoder outputs or None, dense transcripts with their log-probabilities or None) for refinement,
+        each computed once and only when asked for."""
         from .refine import teacher_outputs, teacher_tokens
 
         feats, _ = self.features()
-        if self._targets is None:
+        if outputs and self._targets is None:
             self._targets = teacher_outputs(self.model, feats, self.batch_size, progress=self.progress)
         if tokens and self._tokens is None:
             self._tokens = teacher_tokens(self.model, feats, self.batch_size, progress=self.progress)
-        return self._targets, self._tokens if tokens else None
+        return self._targets if outputs else None, self._tokens if tokens else None
 
     # ---- the recipe ---------------------------------------------------------------------------------------
 
@@ -279,14 +280,16 @@ class Compressor:
         from .refine import refine
 
         feats, real = self.features()
-        targets, tokens = self.teacher(tokens=bool(config.refine_kl))
+        # at the context the loss is the decoder KL alone (see refine): no encoder-output targets to compute
+        mse_weight = 0.0 if config.refine_context else 1.0
+        targets, tokens = self.teacher(outputs=bool(mse_weight), tokens=bool(config.refine_kl))
         # The teacher's outputs are computed, and the lite model shares no tensor with the dense one: off the
         # accelerator, the dense model leaves refinement its memory (large-v3 in fp32: 6.2 GB).
         self.model.to("cpu")
         done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=config.refine_kl, train=config.refine_train,
                       steps=config.refine_steps, lr=config.refine_lr, warmup=config.refine_warmup, pad_weight=config.padding_weight,
                       seed=config.seed, progress=self.progress, context=context if config.refine_context else None,
-                      mse_weight=0.0 if config.refine_context else 1.0)
+                      mse_weight=mse_weight)
         return {k: done[k] for k in ("steps", "initial", "best")}
 
 

@@ -114,7 +114,7 @@ def refine(
     model: nn.Module,
     features: torch.Tensor,
     real: torch.Tensor,
-    targets: torch.Tensor,
+    targets: torch.Tensor | None,
     *,
     token_targets: Sequence | None = None,
     kl_weight: float = 0.0,
@@ -135,7 +135,7 @@ def refine(
     """Refine `model` (a compressed Whisper: lite model or one with low-rank linears) in place.
 
     features: [N, n_mels, 3000] calibration log-mels; real: [N] real-audio encoder frames; targets:
-    `teacher_outputs(dense_model, features)`; token_targets: `teacher_tokens(...)` when kl_weight > 0.
+    `teacher_outputs(dense_model, features)` when mse_weight > 0 (else None); token_targets: `teacher_tokens(...)` when kl_weight > 0.
     The last `holdout` share of the clips (after a seeded shuffle) is never trained on: it is scored
     every `eval_every` steps, training stops after `patience` scores without improvement, and the
     best-scoring parameters are restored. `warmup`: the learning rate rises linearly to `lr` over this
@@ -156,13 +156,14 @@ def refine(
 
     if kl_weight and token_targets is None:
         raise ValueError("kl_weight > 0 needs token_targets (teacher_tokens of the dense model)")
+    if mse_weight and targets is None:
+        raise ValueError("mse_weight > 0 needs targets (teacher_outputs of the dense model)")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     n = len(features)
     order = torch.randperm(n, generator=g)
     n_held = max(1, round(holdout * n)) if holdout > 0 else 0
     held, train_idx = order[n - n_held :], order[: n - n_held]
-    weights = frame_weights(real.to(torch.long), targets.shape[1], pad_weight)
 
     params = trainable(model, train)
     keep = {id(p) for p in params}
@@ -185,7 +186,7 @@ def refine(
         loss = torch.zeros((), device=device)
         if mse_weight:
             length = out.shape[1]  # the full window, or the student's context
-            w = frame_weights(real[idx].to(torch.long), length, pad_weight).to(device) if length < targets.shape[1] else weights[idx].to(device)
+            w = frame_weights(real[idx].to(torch.long), length, pad_weight).to(device)
             loss = mse_weight * (((out - targets[idx, :length].to(device)) ** 2).mean(-1) * w).sum() / len(idx)
         if kl_weight:
             loss = loss + kl_weight * _kl(model, out.to(dtype), [token_targets[int(i)] for i in idx])
