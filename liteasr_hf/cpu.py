@@ -7,8 +7,8 @@ it the output projection): there oneDNN's bf16 is no faster than fp32, and int8 
 At batch 8 the decoder's products have 8 rows and bf16 is fastest. Around the products, a batch-1 step is
 small ops and the Python that calls them; the lean decoder layer does the same work with fewer of both (base, int8:
 322 top-level aten calls a step instead of 448, a decoder step 24 % shorter, 7 % end to end). Hence `optimize_for_cpu`:
-bf16 where the CPU has it, the decoder's precision a choice, lean layers, and freed memory kept for reuse
-(`keep_freed_memory`).
+bf16 where the CPU has it, the decoder's precision a choice, int8 logits whose greedy choice is exact, lean layers,
+and freed memory kept for reuse (`keep_freed_memory`).
 """
 
 from __future__ import annotations
@@ -153,6 +153,14 @@ class Int8Logits(Int8Linear):
         # reduce_range: 7-bit activations, so that AVX2's u8 x s8 pairwise products cannot saturate int16
         return torch.ops.quantized.linear_dynamic(rows.float(), self.packed, True)
 
+    def exact_linear(self) -> nn.Linear:
+        """The unquantized projection this one was made from (its weight is still the tied embedding)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight = self.full_weight
+        if self.bias is not None:
+            linear.bias = self.bias
+        return linear
+
     def approximate(self, x):
         """The int8 logits of `x` [..., in], before the top is recomputed."""
         return super().forward(x)
@@ -215,20 +223,47 @@ def _norm(layer_norm: nn.LayerNorm, x):
 
 
 def _cross_keys_values(cross_attn, encoder_hidden_states, heads):
-    """Cross-attention keys and values [B, H, T, d]. Where the encoder ran its padding one frame in s and repeated
-    each over its group (`padding_counts`, see LiteWhisperEncoder.encode), rows of a group are equal: project one per
-    group and repeat the result (on a 10 s context at stride 4, 500 rows become ~280)."""
+    """Cross-attention keys and values [B, H, N, d] and the frames each row stands for ([N], or None: one each).
+    Where the encoder ran its padding one frame in s and repeated each over its group (`padding_counts`, see
+    LiteWhisperEncoder.encode), the rows of a group are equal, so one row per group is projected and kept: attention
+    over `count` equal keys is attention over one with log(count) added to its score (`_cross_key_bias`). A 3 s clip
+    in the 30 s window at stride 16 keeps ~290 rows of 1,500, in the cache and in every step's attention."""
     counts = getattr(encoder_hidden_states, "padding_counts", None)
     states = encoder_hidden_states
     if counts is not None:
         states = encoder_hidden_states[:, torch.cumsum(counts, 0) - counts]  # each group's first row
     k = cross_attn.k_proj(states).view(heads).transpose(1, 2)
     v = cross_attn.v_proj(states).view(heads).transpose(1, 2)
+    return k, v, counts
+
+
+def _cross_key_bias(layer, dtype):
+    """The additive score bias [1, 1, 1, N] of a grouped cross-attention cache layer (log of the frames each row
+    stands for), or None where the layer holds every frame."""
+    counts = getattr(layer, "padding_counts", None)
+    if counts is None:
+        return None
+    bias = getattr(layer, "key_bias", None)
+    if bias is None or bias.dtype != dtype:
+        bias = layer.key_bias = counts.to(dtype).log().view(1, 1, 1, -1)
+    return bias
+
+
+def _ungroup_cross_cache(cache, idx, dtype):
+    """A cross-attention cache layer the lean layer filled (one row per padding group, float32) as transformers' own
+    layer reads it: rows repeated back over their groups, in the decoder's `dtype`."""
+    layers = getattr(getattr(cache, "cross_attention_cache", None), "layers", None)
+    if not layers or idx >= len(layers) or not hasattr(layers[idx], "padding_counts"):
+        return
+    layer = layers[idx]
+    counts = layer.padding_counts
     if counts is not None:
-        frames = encoder_hidden_states.shape[1]
-        k = k.repeat_interleave(counts, dim=2, output_size=frames)
-        v = v.repeat_interleave(counts, dim=2, output_size=frames)
-    return k, v
+        frames = int(counts.sum())
+        layer.keys = layer.keys.repeat_interleave(counts, dim=2, output_size=frames)
+        layer.values = layer.values.repeat_interleave(counts, dim=2, output_size=frames)
+    layer.keys, layer.values = layer.keys.to(dtype), layer.values.to(dtype)
+    del layer.padding_counts
+    layer.key_bias = None
 
 
 def _lean_decoder_layer_forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
@@ -241,6 +276,7 @@ def _lean_decoder_layer_forward(self, hidden_states, attention_mask=None, encode
     if (self.training or encoder_hidden_states is None or encoder_attention_mask is not None or not use_cache
             or not isinstance(cache, EncoderDecoderCache) or kwargs.get("output_attentions")
             or self.self_attn.config.output_attentions):
+        _ungroup_cross_cache(cache, self.self_attn.layer_idx, hidden_states.dtype)  # as transformers' layer reads it
         return type(self).forward(self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
                                   cache, use_cache=use_cache, **kwargs)
     batch, length, width = hidden_states.shape
@@ -258,14 +294,16 @@ def _lean_decoder_layer_forward(self, hidden_states, attention_mask=None, encode
 
     x = _norm(self.encoder_attn_layer_norm, hidden_states)
     q = cross_attn.q_proj(x).view(heads).transpose(1, 2)
-    if cache.is_updated.get(idx):
-        layer = cache.cross_attention_cache.layers[idx]
-        k, v = layer.keys, layer.values
-    else:
-        k, v = _cross_keys_values(cross_attn, encoder_hidden_states, heads)
-        k, v = cache.cross_attention_cache.update(k, v, idx)
+    if not cache.is_updated.get(idx):
+        k, v, counts = _cross_keys_values(cross_attn, encoder_hidden_states, heads)
+        # Kept in float32: torch's CPU attention for one query row is slow in bf16 (290 keys: 107 us against 17 us
+        # in float32 on an AVX512-BF16 EPYC, six calls a step), and float32 is the more exact.
+        cache.cross_attention_cache.update(k.float(), v.float(), idx)
         cache.is_updated[idx] = True
-    a = F.scaled_dot_product_attention(q, k, v, scale=cross_attn.scaling)
+        cache.cross_attention_cache.layers[idx].padding_counts = counts
+    layer = cache.cross_attention_cache.layers[idx]
+    a = F.scaled_dot_product_attention(q.float(), layer.keys, layer.values, scale=cross_attn.scaling,
+                                       attn_mask=_cross_key_bias(layer, torch.float32)).to(q.dtype)
     hidden_states = hidden_states + cross_attn.out_proj(a.transpose(1, 2).reshape(batch, length, width))
 
     x = _norm(self.final_layer_norm, hidden_states)
@@ -283,20 +321,26 @@ def lean_decoder_(model):
     return model
 
 
-def optimize_for_cpu(model, dtype="auto", decoder: str | None = None, keep_memory: bool = True):
+def optimize_for_cpu(model, dtype="auto", decoder: str | None = None, logits: str | None = None, keep_memory: bool = True):
     """In place, for inference on a CPU. `dtype` "auto": bfloat16 where the CPU runs it natively (AMX / AVX512-BF16),
     else float32 with a warning (emulated bf16 is slower than fp32) and, unless `decoder` says otherwise, the int8
     decoder (there the fastest at batch 1 and 8); or a torch dtype. `decoder` overrides the
-    decoder and output projection: "fp32" (at batch 1 about as fast as bf16, the decoder's numerics unchanged), "bf16",
-    or "int8" (int8 weights, `Int8Linear` / `Int8Logits`: on an AMX Xeon 1.2-1.3x the bf16 decoder at batch 1, slower
-    from batch 8, where bf16 is fastest). The encoder's input and output are cast at its boundary, so float32
-    features go in as from the feature extractor. The decoder layers run `lean_decoder_`'s forward (same outputs,
-    less overhead a token). `keep_memory`: also call `keep_freed_memory()` (process-wide). Returns the model. Any
-    Whisper-family model; not for training, for saving, or for CUDA."""
+    decoder's layers: "fp32" (the decoder's numerics unchanged), "bf16" (where bf16 is native: WER as fp32 on
+    speech-dev), or "int8" (int8 weights, `Int8Linear`: the fastest at batch 1, at a cost in WER of about half a
+    point on speech-dev; docs/benchmarks.md, runs 17-18). `logits`, the output projection: "int8" (`Int8Logits`: int8
+    logits with the top 16 of each row recomputed exactly, so that greedy decoding picks the tokens the exact
+    logits pick; 51,865 x 512 in 0.46 ms against 1.8 ms in bf16 on an AVX512-BF16 EPYC) or "exact" (the decoder's
+    dtype); default "int8" unless the decoder runs fp32. The encoder's input and output are cast at its boundary, so
+    float32 features go in as from the feature extractor. The decoder layers run `lean_decoder_`'s forward (same
+    outputs, less overhead a token). `keep_memory`: also call `keep_freed_memory()` (process-wide). Returns the
+    model. Any Whisper-family model; not for training, for saving, or for CUDA."""
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("optimize_for_cpu is for a model on the CPU")
     if decoder not in (None, "fp32", "bf16", "int8"):
         raise ValueError(f"decoder must be 'fp32', 'bf16' or 'int8', got {decoder!r}")
+    if logits not in (None, "int8", "exact"):
+        raise ValueError(f"logits must be 'int8' or 'exact', got {logits!r}")
+    int8_kernel = hasattr(torch.ops.aten, "_weight_int8pack_mm")
     if dtype == "auto":
         support = cpu_bf16_support()
         dtype = torch.bfloat16 if support == "native" else torch.float32
@@ -304,13 +348,15 @@ def optimize_for_cpu(model, dtype="auto", decoder: str | None = None, keep_memor
             # Without bf16 hardware the decoder's products are weight-read bound and int8 reads a quarter of fp32's
             # bytes: on a 2-core AVX2-only EPYC the output projection took 4.6 ms a row in int8 against 19.1 ms in
             # fp32, and every decoder product was faster in int8 at 1 and 8 rows (docs/benchmarks.md, run 10).
-            if decoder is None and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+            if decoder is None and int8_kernel:
                 decoder = "int8"
             logger.warning("this CPU has no native bf16 (AMX / AVX512-BF16: %s): the encoder stays float32%s", support,
                            ", the decoder runs in int8" if decoder == "int8" else "")
     if keep_memory:
         keep_freed_memory()
     decoder_dtype = {None: dtype, "fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}[decoder]
+    if logits is None:
+        logits = "int8" if int8_kernel and (decoder == "int8" or decoder_dtype != torch.float32) else "exact"
     model.to(decoder_dtype)
     encoder = model.get_encoder()
     encoder.to(dtype)
@@ -319,4 +365,8 @@ def optimize_for_cpu(model, dtype="auto", decoder: str | None = None, keep_memor
         encoder.register_forward_hook(_cast_output(decoder_dtype), with_kwargs=True)
     if decoder == "int8":
         int8_decoder_(model)
+    if logits == "int8" and not isinstance(model.proj_out, Int8Logits):
+        model.proj_out = Int8Logits(model.proj_out)
+    elif logits == "exact" and isinstance(model.proj_out, Int8Logits):
+        model.proj_out = model.proj_out.exact_linear()
     return lean_decoder_(model).eval()

@@ -49,11 +49,23 @@ def test_end_to_end_rows_against_dense(tmp_path, tiny_en_path):
     assert "| dense/fp32/full b1 generate |" in out.stdout
 
 
+def test_row_contexts_and_their_strides():
+    from liteasr_hf.cli.benchmark_e2e import parse_args, row_context
+
+    assert row_context("strided:4") == ("strided", 4) and row_context("full-strided") == ("full-strided", None)
+    assert row_context("full") == ("full", None)
+    for bad in ("dynamic:4", "strided:0", "strided:x", "windowed"):
+        assert row_context(bad) is None
+    assert parse_args(["--lite", "x", "--rows", "dense/fp32/full", "lite/cpu-bf16/full-strided:16"]).rows[1].endswith(":16")
+
+
 def test_bad_row_is_named(tmp_path):
     out = subprocess.run([*BENCHMARK_E2E, "--rows", "dense/int4/full"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "dense/int4/full" in out.stderr
     out = subprocess.run([*BENCHMARK_E2E, "--rows", "lite/fp32/full"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "needs --lite" in out.stderr
+    out = subprocess.run([*BENCHMARK_E2E, "--rows", "dense/fp32/dynamic:4"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "dense/fp32/dynamic:4" in out.stderr
 
 
 def test_random_shape_rows(tmp_path):

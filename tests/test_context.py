@@ -154,6 +154,9 @@ def test_transcribe_extracts_features_on_the_bucket_it_will_run(processor, monke
     assert run.feature_window(lite, fe, 3200, {"encoder_context_buckets": None}) == 16000
     assert run.feature_window(lite, fe, 3200, {"encoder_context_buckets": [0.8], "encoder_context_margin": 0.0}) == 12800
     assert run.feature_window(dense, fe, 3200, {}) == 16000
+    # no buckets but a padding stride: the audio + margin + n_fft only (the encoder writes the padding past that)
+    assert run.feature_window(lite, fe, 3200, {"encoder_context_buckets": None, "encoder_padding_stride": 4}) == 3200 + 1600 + 400
+    assert run.feature_window(lite, fe, 15000, {"encoder_context_buckets": None, "encoder_padding_stride": 4}) == 16000
 
     for batch in (1, 2):
         widths, generate = [], lite.generate

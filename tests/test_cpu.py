@@ -150,8 +150,8 @@ def test_optimize_for_cpu_follows_the_cpu(monkeypatch, support):
     model = optimize_for_cpu(tiny_whisper())
     encoder_dtype = next(model.get_encoder().parameters()).dtype
     decoder_linear = type(model.model.decoder.layers[0].fc1)
-    if support == "native":  # bf16 everywhere
-        assert encoder_dtype == torch.bfloat16 and decoder_linear is nn.Linear
+    if support == "native":  # bf16 everywhere, the output projection's approximate logits in int8
+        assert encoder_dtype == torch.bfloat16 and decoder_linear is nn.Linear and type(model.proj_out) is Int8Logits
         assert model.model.decoder.layers[0].fc1.weight.dtype == torch.bfloat16
     else:  # no bf16 hardware: fp32 encoder, int8 decoder (its fastest there), unless the caller names the decoder
         assert encoder_dtype == torch.float32 and decoder_linear is Int8Linear and type(model.proj_out) is Int8Logits
@@ -159,7 +159,26 @@ def test_optimize_for_cpu_follows_the_cpu(monkeypatch, support):
         assert type(kept.model.decoder.layers[0].fc1) is nn.Linear and kept.proj_out.weight.dtype == torch.float32
     # an explicit dtype is taken as given, whatever the CPU
     explicit = optimize_for_cpu(tiny_whisper(), dtype=torch.float32)
-    assert type(explicit.model.decoder.layers[0].fc1) is nn.Linear
+    assert type(explicit.model.decoder.layers[0].fc1) is nn.Linear and type(explicit.proj_out) is nn.Linear
+
+
+def test_optimize_for_cpu_logits_choice():
+    """`logits`: int8 by default where the decoder runs bf16 or int8, exact where it runs fp32, either on request;
+    "exact" on the int8 decoder gives back the tied projection itself. Greedy tokens are those of the exact logits
+    (the top 16 of each row are recomputed from the bf16 weight)."""
+    model = tiny_whisper()
+    tied = model.model.decoder.embed_tokens.weight
+    exact = optimize_for_cpu(tiny_whisper(), dtype=torch.bfloat16, logits="exact", keep_memory=False)
+    fast = optimize_for_cpu(tiny_whisper(), dtype=torch.bfloat16, keep_memory=False)
+    assert type(exact.proj_out) is nn.Linear and type(fast.proj_out) is Int8Logits
+    x = torch.randn(2, 80, 100, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(fast.generate(x, max_new_tokens=6), exact.generate(x, max_new_tokens=6))
+    assert type(optimize_for_cpu(tiny_whisper(), dtype=torch.float32, decoder="fp32", logits="int8").proj_out) is Int8Logits
+    int8 = optimize_for_cpu(model, dtype=torch.float32, decoder="int8", logits="exact", keep_memory=False)
+    assert type(int8.proj_out) is nn.Linear and int8.proj_out.weight is tied and type(int8.model.decoder.layers[0].fc1) is Int8Linear
+    with pytest.raises(ValueError, match="logits must be 'int8' or 'exact'"):
+        optimize_for_cpu(tiny_whisper(), logits="int4")
 
 
 def test_optimize_for_cpu_rejects_a_gpu_model_and_a_bad_decoder():

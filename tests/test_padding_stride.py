@@ -124,22 +124,50 @@ def test_bad_padding_stride_names_the_field(stride):
         lite.generate(torch.zeros(1, 80, 100), encoder_padding_stride=stride)
 
 
-def test_lean_decoder_projects_each_group_once(processor):
-    """Under optimize_for_cpu the cross-attention keys / values are computed on one row per padding group and repeated:
-    the same tokens as transformers' own decoder layers on every row (float32 decoder: only summation order differs)."""
+def test_lean_decoder_projects_and_attends_each_group_once(processor):
+    """Under optimize_for_cpu the cross-attention keys / values are computed and cached on one row per padding group,
+    each group's score raised by log(count): the same tokens and scores as transformers' own decoder layers on every
+    row (float32 decoder: only summation order differs, 1e-4 on logits of magnitude ~10)."""
     dense = tiny_whisper()
     ranks = [{"q_proj": 4, "fc1": 10}, {"k_proj": 3}]
     plain = LiteWhisperForConditionalGeneration.from_whisper(dense, ranks, random_factors(dense, ranks))
     plain.config.encoder_context_margin, plain.config.encoder_padding_stride = 0.1, 4
     fast = optimize_for_cpu(copy.deepcopy(plain), dtype=torch.float32, decoder="fp32", keep_memory=False)
     feats = features(processor, [0.3])
-    rows = []
+    rows, cached = [], []
     hook = fast.model.decoder.layers[0].encoder_attn.k_proj.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[1]))
-    kw = dict(attention_mask=feats.attention_mask, max_new_tokens=6, language="en")
+    kw = dict(attention_mask=feats.attention_mask, max_new_tokens=6, language="en", output_scores=True,
+              return_dict_in_generate=True)
     want, got = plain.generate(feats.input_features, **kw), fast.generate(feats.input_features, **kw)
     hook.remove()
     assert rows == [20 + 8]  # once per clip, one row per group
-    assert torch.equal(got, want)
+    assert [layer.keys.shape[2] for layer in got.past_key_values.cross_attention_cache.layers] == [28, 28]
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.scores, want.scores):
+        finite = torch.isfinite(b)
+        assert torch.equal(torch.isfinite(a), finite) and torch.allclose(a[finite], b[finite], atol=1e-4)
+
+
+def test_grouped_cross_cache_is_ungrouped_for_transformers_layers(processor):
+    """A step that needs transformers' own decoder layer (here: attention weights) after a lean step that cached the
+    keys / values grouped gets them repeated back over every frame: the logits of a plain model's two steps."""
+    dense = tiny_whisper()
+    plain = LiteWhisperForConditionalGeneration.from_whisper(dense)
+    plain.config.encoder_context_margin, plain.config.encoder_padding_stride = 0.1, 4
+    plain.config._attn_implementation = "liteasr"  # SDPA gives no attention weights
+    fast = optimize_for_cpu(copy.deepcopy(plain), dtype=torch.float32, decoder="fp32", keep_memory=False)
+    feats = features(processor, [0.3])
+    start = torch.tensor([[plain.config.decoder_start_token_id]])
+    logits = []
+    for model in (fast, plain):
+        with torch.no_grad():
+            enc = model.get_encoder()(feats.input_features, attention_mask=feats.attention_mask)
+            first = model(encoder_outputs=enc, decoder_input_ids=start, use_cache=True)
+            step = model(encoder_outputs=enc, decoder_input_ids=first.logits.argmax(-1), past_key_values=first.past_key_values,
+                         use_cache=True, output_attentions=True)
+        logits.append((first.logits, step.logits, step.cross_attentions[0].shape[-1]))
+    assert logits[0][2] == logits[1][2] == 50  # every frame in the attention weights
+    assert torch.allclose(logits[0][0], logits[1][0], atol=1e-4) and torch.allclose(logits[0][1], logits[1][1], atol=1e-4)
 
 
 @pytest.mark.slow

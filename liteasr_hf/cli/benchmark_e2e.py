@@ -25,7 +25,7 @@ import sys
 
 DEFAULT_ROWS = ["dense/fp32/full", "dense/bf16/full", "dense/cpu-int8/strided", "lite/fp32/full", "lite/cpu-bf16/strided",
                 "lite/cpu-int8/strided"]
-CONTEXTS = ("full", "dynamic", "strided")
+CONTEXTS = ("full", "dynamic", "strided", "full-strided")
 ROW_DTYPES = ("fp32", "bf16", "fp16", "cpu", "cpu-bf16", "cpu-int8")
 
 
@@ -39,13 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", default=None, metavar="MODEL/DTYPE/CONTEXT",
                    help=f"MODEL dense|lite, DTYPE {'|'.join(ROW_DTYPES)} (cpu*: liteasr_hf.optimize_for_cpu, a bf16 encoder "
                         "where the CPU has it and the lean decoder layers, with an fp32 (cpu), bf16 (cpu-bf16) or int8 (cpu-int8) decoder), CONTEXT full (every frame of the 30 s window), dynamic (the "
-                        "context buckets, every frame) or strided (the buckets, past audio + margin one frame in --padding-stride) (the first row is the reference; "
+                        "context buckets, every frame), strided (the buckets, past audio + margin one frame in --padding-stride) or "
+                        "full-strided (the 30 s window, past audio + margin one frame in --padding-stride); a strided CONTEXT may "
+                        "name its own stride, e.g. strided:4 (the first row is the reference; "
                         f"default: {' '.join(DEFAULT_ROWS)}, lite rows only with --lite)")
     p.add_argument("--buckets", type=float, nargs="+", default=None, metavar="SECONDS",
                    help="context buckets of the 'dynamic' rows (default: the lite checkpoint's encoder_context_buckets, else 10 15 20)")
     p.add_argument("--margin", type=float, default=None, help="seconds of padding kept after the audio (default: the checkpoint's, else 1.0)")
     p.add_argument("--padding-stride", type=int, default=None, metavar="N",
-                   help="the 'strided' rows' padding stride (default: the lite checkpoint's encoder_padding_stride if over 1, else 4)")
+                   help="the strided rows' padding stride where the row names none (default: the lite checkpoint's "
+                        "encoder_padding_stride if over 1, else the default of new checkpoints)")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
     p.add_argument("--path", nargs="+", choices=["generate", "pipeline"], default=["generate"],
                    help="generate: the project's batched transcribe(); pipeline: pipeline('automatic-speech-recognition')")
@@ -72,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def row_context(context: str):
+    """(context, stride or None) of a row's CONTEXT ("strided:4" -> ("strided", 4)), or None if it is not one."""
+    name, _, stride = context.partition(":")
+    if name not in CONTEXTS or (stride and (not stride.isdigit() or int(stride) < 1 or "strided" not in name)):
+        return None
+    return name, int(stride) if stride else None
+
+
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
@@ -85,8 +96,9 @@ def parse_args(argv=None):
     rows = args.rows or [r for r in DEFAULT_ROWS if args.lite or not r.startswith("lite")]
     for r in rows:
         parts = r.split("/")
-        if len(parts) != 3 or parts[0] not in ("dense", "lite") or parts[1] not in ROW_DTYPES or parts[2] not in CONTEXTS:
-            p.error(f"--rows: {r!r} is not MODEL/DTYPE/CONTEXT with MODEL dense|lite, DTYPE {'|'.join(ROW_DTYPES)}, CONTEXT {'|'.join(CONTEXTS)}")
+        if len(parts) != 3 or parts[0] not in ("dense", "lite") or parts[1] not in ROW_DTYPES or not row_context(parts[2]):
+            p.error(f"--rows: {r!r} is not MODEL/DTYPE/CONTEXT with MODEL dense|lite, DTYPE {'|'.join(ROW_DTYPES)}, "
+                    f"CONTEXT {'|'.join(CONTEXTS)} (a strided one with an optional :N stride)")
         if parts[0] == "lite" and not args.lite and not args.random_shape:
             p.error(f"--rows: {r!r} needs --lite")
     if any(b < 1 for b in args.batch) or args.rounds < 1:
@@ -185,12 +197,14 @@ def main(argv=None) -> int:
         for batch in args.batch:
             for spec in args.rows:
                 kind, dtype, context = spec.split("/")
+                context, row_stride = row_context(context)
                 m, processor = model(kind, dtype)
                 gen = generate_kwargs(m, "en")
                 row = e2e.Row(f"{spec} b{batch} {path}", None)
                 row.run = e2e.transformers_runner(m, processor, batch_size=batch, path=path, gen=gen, margin=margin,
-                                                  buckets=None if context == "full" else buckets, timer_box=row.encoder_seconds,
-                                                  padding_stride=stride if context == "strided" else 1)
+                                                  buckets=buckets if context in ("dynamic", "strided") else None,
+                                                  timer_box=row.encoder_seconds,
+                                                  padding_stride=(row_stride or stride) if "strided" in context else 1)
                 rows.append(row)
     fw = args.faster_whisper
     if fw == "auto":

@@ -134,21 +134,24 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequ
 
 
 def feature_window(model, feature_extractor, samples: int, gen: dict) -> int:
-    """Samples to pad a batch's features to: Whisper's 30 s window, or, where a lite model's encoder runs on a shorter
-    context bucket, that bucket. The log-mel of a shorter zero-padded window has the same numbers in the frames the
-    bucket reads (zeros are zeros and the clip's maximum lies in its audio; checked bit for bit), and at a 10 s bucket
-    costs a third. The bucket is chosen as the encoder chooses it, with n_fft samples more so that the STFT's reflected
-    edge falls in zeros; where that picks a larger bucket than the encoder's, the encoder cuts the features."""
+    """Samples to pad a batch's features to: Whisper's 30 s window, or less where a lite model's encoder reads less of
+    it: the context bucket it runs on, or, with a padding stride and no buckets, the audio plus the margin (the
+    encoder writes the padding frames past that itself, `padding_frames`, as the extractor would). The log-mel of a
+    shorter zero-padded window has the same numbers in the frames the encoder reads (zeros are zeros and the clip's
+    maximum lies in its audio; checked bit for bit), and at a 10 s bucket costs a third. The length is chosen as the
+    encoder chooses it, with n_fft samples more so that the STFT's reflected edge falls in zeros; where that picks a
+    larger bucket than the encoder's, the encoder cuts the features."""
     full = feature_extractor.n_samples
-    settings = getattr(model.get_encoder(), "context_settings", None)
-    if settings is None or samples > full:
+    encoder = model.get_encoder()
+    if getattr(encoder, "context_settings", None) is None or samples > full:
         return full
-    buckets, margin = settings()
+    buckets, margin = encoder.context_settings()
     buckets = gen.get("encoder_context_buckets", buckets)
     margin = gen.get("encoder_context_margin", margin)
+    stride = gen.get("encoder_padding_stride", encoder.padding_stride())
+    need = samples + round(margin * SAMPLING_RATE) + feature_extractor.n_fft
     if not buckets:
-        return full
-    need = samples + margin * SAMPLING_RATE + feature_extractor.n_fft
+        return min(need, full) if stride > 1 else full
     return next((min(round(b * SAMPLING_RATE), full) for b in buckets if b * SAMPLING_RATE >= need), full)
 
 
