@@ -150,3 +150,16 @@ def test_rows_take_turns_chunk_by_chunk():
     for row in rows:
         assert row.texts == [f"{row.label} {n}" for n in lengths]
         assert row.encoder_seconds == [1.5, 1.5] and len(row.walls) == 2
+
+
+def test_faster_whisper_runs_in_a_worker_process_and_reports_its_failure(tmp_path):
+    """The peer row runs in a process of its own (CTranslate2's runtime apart from torch's); a failure there is a
+    RuntimeError here with the worker's traceback, not a hang."""
+    pytest.importorskip("faster_whisper")  # the [bench] extra; `make test` installs it
+    import multiprocessing
+
+    from liteasr_hf.evaluation.end_to_end import faster_whisper_runner
+
+    with pytest.raises(RuntimeError, match="faster-whisper worker failed"):
+        faster_whisper_runner(str(tmp_path / "no-such-model"), "int8", 1, "en", 8)
+    assert not multiprocessing.active_children()  # the worker has ended

@@ -5,7 +5,8 @@ Every row runs in this process on the same clips, the rows taking turns a few cl
 least common multiple of the batch sizes), so that load from elsewhere slows every row alike, over --rounds; the
 table gives wall time, real-time
 factor, speed-up against dense fp32 (full 30 s window) at the same batch size and path, the encoder's share of the
-time, and WER with its paired 95 % interval against that first row.
+time, and WER with its paired 95 % interval against that first row. faster-whisper rows run in a worker process of
+their own (in one process with torch, the transformers rows ran up to 1.6x slower).
 
     liteasr-hf benchmark-e2e --lite outputs/lite-whisper-base-size80        # shipped clips, quick
     liteasr-hf benchmark-e2e --lite outputs/lite-whisper-base-size80 --dataset ../shared/data/speech-dev \\

@@ -103,11 +103,11 @@ def transformers_runner(model, processor, *, batch_size, buckets, margin, path, 
     return with_context(run_pipeline)
 
 
-def faster_whisper_runner(folder, compute_type, threads, language, max_new_tokens, batch_size=1):
+def _faster_whisper_in_process(folder, compute_type, threads, language, max_new_tokens, batch_size=1):
     """faster-whisper on the same weights, greedy, no VAD, no fallback, no conditioning: the same decoding as the
     transformers rows. Batch 1 goes through its `transcribe`; larger batches through CTranslate2's batch API (one
     padded 30 s window per clip, `generate` over the batch), as faster-whisper's own batched pipeline does per segment.
-    None when faster-whisper is not installed."""
+    None when faster-whisper is not installed. In this process: `faster_whisper_runner` runs it in a worker."""
     try:
         from faster_whisper import WhisperModel
         from faster_whisper.audio import pad_or_trim
@@ -143,6 +143,69 @@ def faster_whisper_runner(folder, compute_type, threads, language, max_new_token
         return texts, capped
 
     return one_at_a_time if batch_size == 1 else batched
+
+
+def _faster_whisper_worker(conn, args):
+    """A worker process's loop: build the runner, then transcribe each list of audios it is sent until None."""
+    import traceback
+
+    try:
+        run = _faster_whisper_in_process(*args)
+    except Exception:  # noqa: BLE001  (reported to the parent, which raises)
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready", run is not None))
+    while True:
+        try:
+            audios = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if audios is None:
+            return
+        try:
+            conn.send(("ok", run(audios)))
+        except Exception:  # noqa: BLE001
+            conn.send(("error", traceback.format_exc()))
+
+
+def faster_whisper_runner(folder, compute_type, threads, language, max_new_tokens, batch_size=1):
+    """`_faster_whisper_in_process`'s runner, run in a worker process of its own: a callable(audios) -> (texts,
+    capped) that sends the audios there and waits, or None when faster-whisper is not installed. The rows still take
+    turns in one run; apart, neither engine's runtime (CTranslate2 brings its own OpenMP) shares a process with the
+    other's. With faster-whisper in the same process, the lite bf16 row of a 40-clip run took 7.5 s against 4.7 s
+    without it, and dense 32.1 against 29.1 s (docs/benchmarks.md, run 21)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    worker = ctx.Process(target=_faster_whisper_worker, daemon=True,
+                         args=(child, (folder, compute_type, threads, language, max_new_tokens, batch_size)))
+    worker.start()
+
+    def receive():
+        try:
+            status, value = parent.recv()
+        except EOFError:
+            raise RuntimeError(f"the faster-whisper worker process ended (exit code {worker.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"the faster-whisper worker failed:\n{value}")
+        return value
+
+    try:
+        installed = receive()
+    except RuntimeError:
+        worker.join(timeout=30)
+        raise
+    if not installed:
+        parent.send(None)
+        worker.join()
+        return None
+
+    def run(audios):
+        parent.send(list(audios))
+        return receive()
+
+    return run
 
 
 def run_rows(rows, clips, rounds, chunk=8, progress=True):
