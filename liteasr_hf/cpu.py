@@ -226,7 +226,7 @@ def _cross_keys_values(cross_attn, encoder_hidden_states, heads):
     """Cross-attention keys and values [B, H, N, d] and the frames each row stands for ([N], or None: one each).
     Where the encoder ran its padding one frame in s and repeated each over its group (`padding_counts`, see
     LiteWhisperEncoder.encode), the rows of a group are equal, so one row per group is projected and kept: attention
-    over `count` equal keys is attention over one with log(count) added to its score (`_cross_key_bias`). A 3 s clip
+    over `count` equal keys is attention over one with log(count) added to its score (the layer's `key_bias`). A 3 s clip
     in the 30 s window at stride 16 keeps ~290 rows of 1,500, in the cache and in every step's attention."""
     counts = getattr(encoder_hidden_states, "padding_counts", None)
     states = encoder_hidden_states
@@ -235,18 +235,6 @@ def _cross_keys_values(cross_attn, encoder_hidden_states, heads):
     k = cross_attn.k_proj(states).view(heads).transpose(1, 2)
     v = cross_attn.v_proj(states).view(heads).transpose(1, 2)
     return k, v, counts
-
-
-def _cross_key_bias(layer, dtype):
-    """The additive score bias [1, 1, 1, N] of a grouped cross-attention cache layer (log of the frames each row
-    stands for), or None where the layer holds every frame."""
-    counts = getattr(layer, "padding_counts", None)
-    if counts is None:
-        return None
-    bias = getattr(layer, "key_bias", None)
-    if bias is None or bias.dtype != dtype:
-        bias = layer.key_bias = counts.to(dtype).log().view(1, 1, 1, -1)
-    return bias
 
 
 def _ungroup_cross_cache(cache, idx, dtype):
@@ -262,8 +250,7 @@ def _ungroup_cross_cache(cache, idx, dtype):
         layer.keys = layer.keys.repeat_interleave(counts, dim=2, output_size=frames)
         layer.values = layer.values.repeat_interleave(counts, dim=2, output_size=frames)
     layer.keys, layer.values = layer.keys.to(dtype), layer.values.to(dtype)
-    del layer.padding_counts
-    layer.key_bias = None
+    del layer.padding_counts, layer.key_bias
 
 
 def _lean_decoder_layer_forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
@@ -300,10 +287,12 @@ def _lean_decoder_layer_forward(self, hidden_states, attention_mask=None, encode
         # in float32 on an AVX512-BF16 EPYC, six calls a step), and float32 is the more exact.
         cache.cross_attention_cache.update(k.float(), v.float(), idx)
         cache.is_updated[idx] = True
-        cache.cross_attention_cache.layers[idx].padding_counts = counts
+        layer = cache.cross_attention_cache.layers[idx]
+        layer.padding_counts = counts  # also marks the layer as the lean one's (float32, grouped) for _ungroup_cross_cache
+        layer.key_bias = None if counts is None else counts.float().log().view(1, 1, 1, -1)
     layer = cache.cross_attention_cache.layers[idx]
-    a = F.scaled_dot_product_attention(q.float(), layer.keys, layer.values, scale=cross_attn.scaling,
-                                       attn_mask=_cross_key_bias(layer, torch.float32)).to(q.dtype)
+    a = F.scaled_dot_product_attention(q.float(), layer.keys, layer.values, attn_mask=layer.key_bias,
+                                       scale=cross_attn.scaling).to(q.dtype)
     hidden_states = hidden_states + cross_attn.out_proj(a.transpose(1, 2).reshape(batch, length, width))
 
     x = _norm(self.final_layer_norm, hidden_states)

@@ -134,7 +134,7 @@ def test_lean_decoder_projects_and_attends_each_group_once(processor):
     plain.config.encoder_context_margin, plain.config.encoder_padding_stride = 0.1, 4
     fast = optimize_for_cpu(copy.deepcopy(plain), dtype=torch.float32, decoder="fp32", keep_memory=False)
     feats = features(processor, [0.3])
-    rows, cached = [], []
+    rows = []
     hook = fast.model.decoder.layers[0].encoder_attn.k_proj.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[1]))
     kw = dict(attention_mask=feats.attention_mask, max_new_tokens=6, language="en", output_scores=True,
               return_dict_in_generate=True)
