@@ -18,9 +18,13 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# The main job on the embedded default: calibrate the bundled real Whisper base, write a lite checkpoint, offline.
+# The main job, offline: compress the bundled real Whisper base to a lite checkpoint, then transcribe a shipped clip
+# with it (txt, srt, vtt, json in outputs/demo).
 demo: venv
 	$(PY) scripts/calibrate.py
+	$(PY) scripts/transcribe.py liteasr_hf/data/clips/jfk_inaugural_1961.flac --model outputs/lite-whisper-base-size80 \
+		--output-dir outputs/demo --overwrite
+	cat outputs/demo/jfk_inaugural_1961.srt
 
 # TRITON_INTERPRET=1 lets the tests run the Triton kernel on the CPU (Triton's interpreter), where they ask for it with
 # attention_kernel="triton" (the default "auto" stays on PyTorch on the CPU); on a GPU: `make test TRITON_INTERPRET=0`.

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import types
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import EncoderDecoderCache
+from transformers.models.whisper.modeling_whisper import WhisperDecoderLayer
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +69,7 @@ def _cast_input(dtype):
 
 def _cast_output(dtype):
     def hook(module, args, kwargs, out):
-        counts = getattr(out.last_hidden_state, "padding_counts", None)  # see _cross_keys_values
         out.last_hidden_state = out.last_hidden_state.to(dtype)
-        if counts is not None:
-            out.last_hidden_state.padding_counts = counts
         return out
     return hook
 
@@ -90,6 +88,8 @@ class Int8Linear(nn.Module):
     0.7 % relative on a 512-wide product) and bf16's 0.4 %. On this project's 2-core Xeon, one row: 512 x 512 in 35 us
     against 57 us fp32, 51,865 x 512 in 1.8 ms against 4.9 ms (weights streamed from memory). From 8 rows on, bf16
     matmuls are faster, so this is for batch 1."""
+
+    inference_only = True
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -176,6 +176,73 @@ class Int8Logits(Int8Linear):
         return logits
 
 
+class PackedLinear(nn.Module):
+    """`nn.Linear` in bf16 with its weight laid out once in oneDNN's blocked format (`mkldnn._reorder_linear_weight`,
+    the layout torch's CPU compiler uses): `F.linear` lays a bf16 weight out again on every call, which for the few
+    rows of a decoding step costs more than the product. The same numbers (checked bit for bit at 1-16 rows); about
+    half the time of a decoder product at 1-16 rows on an AMX Xeon (512 x 2048: 100 against 46 us)."""
+
+    inference_only = True
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias  # shared, not copied
+        self._pack()
+
+    def _pack(self):
+        # Not a buffer: oneDNN's opaque tensor takes no .to(); packed again from the weight after any conversion.
+        bf16 = self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu"
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1) if bf16 else None
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._pack()
+        return self
+
+    def __getstate__(self):  # copies and pickles carry the weight; the packed form is made again from it
+        return {k: v for k, v in super().__getstate__().items() if k != "packed"}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._pack()
+
+    def forward(self, x):
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.packed, self.bias, "none", [], "")
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def can_pack_linears() -> bool:
+    """Whether this torch packs bf16 linear weights for oneDNN (`PackedLinear`)."""
+    ops = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
+            and hasattr(ops, "_reorder_linear_weight")):
+        return False
+    try:
+        w = torch.ones(4, 8, dtype=torch.bfloat16)
+        y = ops._linear_pointwise(torch.ones(2, 8, dtype=torch.bfloat16), ops._reorder_linear_weight(w, 1), None,
+                                  "none", [], "")
+        return bool((y == 8).all())
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def pack_decoder_linears_(model):
+    """In place: the bf16 products of each lean decoder layer's step (fused q/k/v, the attention outputs, the
+    cross-attention query, the MLP) as `PackedLinear`s. The cross-attention keys / values stay: they run once per
+    clip on every encoder frame, where `F.linear` is as fast."""
+    for layer in model.model.decoder.layers:
+        owners = [(layer, "qkv_proj"), (layer.self_attn, "out_proj"), (layer.encoder_attn, "q_proj"),
+                  (layer.encoder_attn, "out_proj"), (layer, "fc1"), (layer, "fc2")]
+        for owner, name in owners:
+            child = getattr(owner, name, None)
+            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16:
+                setattr(owner, name, PackedLinear(child))
+    return model
+
+
 def int8_decoder_(model):
     """In place: the decoder's linears and the output projection as `Int8Linear` / `Int8Logits`. The cross-attention
     key/value projections stay: they run once per clip on every encoder frame (matrix-matrix work; in bf16 they
@@ -222,91 +289,122 @@ def _norm(layer_norm: nn.LayerNorm, x):
     return F.layer_norm(x, layer_norm.normalized_shape, layer_norm.weight, layer_norm.bias, layer_norm.eps)
 
 
-def _cross_keys_values(cross_attn, encoder_hidden_states, heads):
-    """Cross-attention keys and values [B, H, N, d] and the frames each row stands for ([N], or None: one each).
-    Where the encoder ran its padding one frame in s and repeated each over its group (`padding_counts`, see
-    LiteWhisperEncoder.encode), the rows of a group are equal, so one row per group is projected and kept: attention
-    over `count` equal keys is attention over one with log(count) added to its score (the layer's `key_bias`). A 3 s clip
-    in the 30 s window at stride 16 keeps ~290 rows of 1,500, in the cache and in every step's attention."""
-    counts = getattr(encoder_hidden_states, "padding_counts", None)
-    states = encoder_hidden_states
-    if counts is not None:
-        states = encoder_hidden_states[:, torch.cumsum(counts, 0) - counts]  # each group's first row
-    k = cross_attn.k_proj(states).view(heads).transpose(1, 2)
-    v = cross_attn.v_proj(states).view(heads).transpose(1, 2)
-    return k, v, counts
+def equal_row_groups(states):
+    """(index of each run's first row [N], rows in each run [N]) of the runs of equal consecutive rows of `states`
+    [B, T, d] (equal in every batch row), or None when no two neighbours are equal. Where the encoder strided its
+    padding (`ContextPlan.groups`) it repeats one row over each group; attention over `count` equal keys and values
+    is attention over one with log(count) added to its score, whatever made them equal, so grouping by equality is
+    exact and needs nothing from the encoder but its output."""
+    same = (states[:, 1:] == states[:, :-1]).all(-1).all(0)  # [T - 1]: row t + 1 equals row t
+    if not bool(same.any()):
+        return None
+    starts = torch.cat([torch.ones(1, dtype=torch.bool, device=states.device), ~same]).nonzero().squeeze(1)  # row 0 starts one
+    counts = torch.diff(starts, append=torch.tensor([states.shape[1]], device=states.device))
+    return starts, counts
 
 
-def _ungroup_cross_cache(cache, idx, dtype):
-    """A cross-attention cache layer the lean layer filled (one row per padding group, float32) as transformers' own
-    layer reads it: rows repeated back over their groups, in the decoder's `dtype`."""
-    layers = getattr(getattr(cache, "cross_attention_cache", None), "layers", None)
-    if not layers or idx >= len(layers) or not hasattr(layers[idx], "padding_counts"):
-        return
-    layer = layers[idx]
-    counts = layer.padding_counts
-    if counts is not None:
-        frames = int(counts.sum())
-        layer.keys = layer.keys.repeat_interleave(counts, dim=2, output_size=frames)
-        layer.values = layer.values.repeat_interleave(counts, dim=2, output_size=frames)
-    layer.keys, layer.values = layer.keys.to(dtype), layer.values.to(dtype)
-    del layer.padding_counts, layer.key_bias
+class LeanDecoderLayer(WhisperDecoderLayer):
+    """Transformers' `WhisperDecoderLayer` for generation, swapped in for it (`lean_decoder_`) over the same
+    submodules: the same computation and cache updates with less around them (at batch 1 a step's cost is as much
+    dispatch as arithmetic): q/k/v in one product (`qkv_proj`; the three projections become views of it), SDPA
+    called directly, no attention-interface lookup or keyword-deprecation wrappers; the cross-attention keys and
+    values kept in float32 on one row per run of equal encoder rows (`equal_row_groups`). Anything else (attention
+    weights for word timestamps, a cross-attention mask, training, a cache of another kind) runs transformers' own
+    forward. Inference only: a model carrying it refuses `save_pretrained`."""
 
+    inference_only = True
 
-def _lean_decoder_layer_forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
-                                encoder_attention_mask=None, cache=None, past_key_values=None, use_cache=True, **kwargs):
-    """WhisperDecoderLayer.forward for generation: the same computation and cache updates with less around them
-    (at batch 1 a step's cost is as much dispatch as arithmetic): q/k/v in one product, SDPA called directly, no
-    attention-interface lookup or keyword-deprecation wrappers. Anything else (attention weights for word
-    timestamps, a cross-attention mask, training, a cache of another kind) runs transformers' own forward."""
-    cache = cache if cache is not None else past_key_values
-    if (self.training or encoder_hidden_states is None or encoder_attention_mask is not None or not use_cache
-            or not isinstance(cache, EncoderDecoderCache) or kwargs.get("output_attentions")
-            or self.self_attn.config.output_attentions):
-        _ungroup_cross_cache(cache, self.self_attn.layer_idx, hidden_states.dtype)  # as transformers' layer reads it
-        return type(self).forward(self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
-                                  cache, use_cache=use_cache, **kwargs)
-    batch, length, width = hidden_states.shape
-    self_attn, cross_attn, idx = self.self_attn, self.encoder_attn, self.self_attn.layer_idx
-    heads = (batch, -1, self_attn.num_heads, self_attn.head_dim)
+    def __init__(self, layer: WhisperDecoderLayer):
+        nn.Module.__init__(self)
+        self.__dict__.update({k: v for k, v in vars(layer).items() if not k.startswith("_")})
+        for name, child in layer.named_children():
+            self.add_module(name, child)
+        attn = layer.self_attn
+        self.qkv_proj = _fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
+        # The cross-attention cache this layer filled grouped (float32, one row per group) and its key bias:
+        # (cache layer, log-count bias or None). Kept here, not on transformers' cache object.
+        self._grouped = None
 
-    x = _norm(self.self_attn_layer_norm, hidden_states)
-    q, k, v = self.qkv_proj(x).view(batch, length, 3, self_attn.num_heads, self_attn.head_dim).permute(2, 0, 3, 1, 4)
-    k, v = cache.self_attention_cache.update(k, v, idx)
-    # as transformers' SDPA path: causal by flag on an empty cache's prefill, else the decoder's mask (None at one token);
-    # Whisper scales q by 1/8 before the product, a power of two, so scale= gives the same numbers
-    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self_attn.scaling,
-                                       is_causal=length > 1 and attention_mask is None)
-    hidden_states = hidden_states + self_attn.out_proj(a.transpose(1, 2).reshape(batch, length, width))
+    def _grouped_bias(self, cache_layer):
+        """The key bias of `cache_layer` when this layer filled it grouped, else False."""
+        if self._grouped is None or self._grouped[0]() is not cache_layer:
+            return False
+        return self._grouped[1]
 
-    x = _norm(self.encoder_attn_layer_norm, hidden_states)
-    q = cross_attn.q_proj(x).view(heads).transpose(1, 2)
-    if not cache.is_updated.get(idx):
-        k, v, counts = _cross_keys_values(cross_attn, encoder_hidden_states, heads)
-        # Kept in float32: torch's CPU attention for one query row is slow in bf16 (290 keys: 107 us against 17 us
-        # in float32 on an AVX512-BF16 EPYC, six calls a step), and float32 is the more exact.
-        cache.cross_attention_cache.update(k.float(), v.float(), idx)
-        cache.is_updated[idx] = True
+    def _ungroup(self, cache, dtype):
+        """The cross-attention cache layer this layer filled, as transformers' own layer reads it: rows repeated back
+        over their groups, in the decoder's `dtype`."""
+        layers = getattr(getattr(cache, "cross_attention_cache", None), "layers", None)
+        idx = self.self_attn.layer_idx
+        if not layers or idx >= len(layers) or self._grouped_bias(layers[idx]) is False:
+            return
+        layer, counts = layers[idx], self._grouped[2]
+        if counts is not None:
+            frames = int(counts.sum())
+            layer.keys = layer.keys.repeat_interleave(counts, dim=2, output_size=frames)
+            layer.values = layer.values.repeat_interleave(counts, dim=2, output_size=frames)
+        layer.keys, layer.values = layer.keys.to(dtype), layer.values.to(dtype)
+        self._grouped = None
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                cache=None, past_key_values=None, use_cache=True, **kwargs):
+        cache = cache if cache is not None else past_key_values
+        if (self.training or encoder_hidden_states is None or encoder_attention_mask is not None or not use_cache
+                or not isinstance(cache, EncoderDecoderCache) or kwargs.get("output_attentions")
+                or self.self_attn.config.output_attentions):
+            self._ungroup(cache, hidden_states.dtype)  # as transformers' layer reads it
+            return super().forward(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                                   cache, use_cache=use_cache, **kwargs)
+        batch, length, width = hidden_states.shape
+        self_attn, cross_attn, idx = self.self_attn, self.encoder_attn, self.self_attn.layer_idx
+        heads = (batch, -1, self_attn.num_heads, self_attn.head_dim)
+
+        x = _norm(self.self_attn_layer_norm, hidden_states)
+        q, k, v = self.qkv_proj(x).view(batch, length, 3, self_attn.num_heads, self_attn.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = cache.self_attention_cache.update(k, v, idx)
+        # as transformers' SDPA path: causal by flag on an empty cache's prefill, else the decoder's mask (None at one
+        # token); Whisper scales q by 1/8 before the product, a power of two, so scale= gives the same numbers
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self_attn.scaling,
+                                           is_causal=length > 1 and attention_mask is None)
+        hidden_states = hidden_states + self_attn.out_proj(a.transpose(1, 2).reshape(batch, length, width))
+
+        x = _norm(self.encoder_attn_layer_norm, hidden_states)
+        q = cross_attn.q_proj(x).view(heads).transpose(1, 2)
+        if not cache.is_updated.get(idx):
+            groups = equal_row_groups(encoder_hidden_states)
+            states = encoder_hidden_states if groups is None else encoder_hidden_states[:, groups[0]]
+            k = cross_attn.k_proj(states).view(heads).transpose(1, 2)
+            v = cross_attn.v_proj(states).view(heads).transpose(1, 2)
+            # At batch 1 kept in float32: torch's CPU attention for one query row was slow in bf16 (290 keys: 107 us
+            # against 17 us in float32 on an AVX512-BF16 EPYC, six calls a step), and float32 is the more exact. At
+            # larger batches a step reads every row's keys and values (8 pieces of 18 s: 30 MB a layer in float32),
+            # and bf16 halves that (925 keys, 8 rows, one thread of an AMX Xeon: 0.72 against 1.38 ms a call).
+            kv_dtype = torch.float32 if batch == 1 else hidden_states.dtype
+            cache.cross_attention_cache.update(k.to(kv_dtype), v.to(kv_dtype), idx)
+            cache.is_updated[idx] = True
+            bias = None if groups is None else groups[1].to(kv_dtype).log().view(1, 1, 1, -1)
+            self._grouped = (weakref.ref(cache.cross_attention_cache.layers[idx]), bias,
+                             None if groups is None else groups[1])
         layer = cache.cross_attention_cache.layers[idx]
-        layer.padding_counts = counts  # also marks the layer as the lean one's (float32, grouped) for _ungroup_cross_cache
-        layer.key_bias = None if counts is None else counts.float().log().view(1, 1, 1, -1)
-    layer = cache.cross_attention_cache.layers[idx]
-    a = F.scaled_dot_product_attention(q.float(), layer.keys, layer.values, attn_mask=layer.key_bias,
-                                       scale=cross_attn.scaling).to(q.dtype)
-    hidden_states = hidden_states + cross_attn.out_proj(a.transpose(1, 2).reshape(batch, length, width))
+        bias = self._grouped_bias(layer)
+        keys, values = layer.keys, layer.values
+        if bias is False:  # filled by transformers' layer: every frame
+            bias = None
+        a = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=bias, scale=cross_attn.scaling)
+        a = a.to(q.dtype)
+        hidden_states = hidden_states + cross_attn.out_proj(a.transpose(1, 2).reshape(batch, length, width))
 
-    x = _norm(self.final_layer_norm, hidden_states)
-    return hidden_states + self.fc2(self.activation_fn(self.fc1(x)))
+        x = _norm(self.final_layer_norm, hidden_states)
+        return hidden_states + self.fc2(self.activation_fn(self.fc1(x)))
 
 
 def lean_decoder_(model):
-    """In place: each decoder layer's forward as `_lean_decoder_layer_forward`, with its self-attention q/k/v fused
-    into one `qkv_proj` (the three projections become views of it). The outputs are those of transformers' layer up
-    to float rounding (the fused product sums in another order)."""
-    for layer in model.model.decoder.layers:
-        attn = layer.self_attn
-        layer.qkv_proj = _fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
-        layer.forward = types.MethodType(_lean_decoder_layer_forward, layer)
+    """In place: each decoder layer replaced by a `LeanDecoderLayer` over the same submodules. The outputs are those
+    of transformers' layer up to float rounding (the fused q/k/v product sums in another order)."""
+    layers = model.model.decoder.layers
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, LeanDecoderLayer):
+            layers[i] = LeanDecoderLayer(layer)
     return model
 
 
@@ -358,4 +456,7 @@ def optimize_for_cpu(model, dtype="auto", decoder: str | None = None, logits: st
         model.proj_out = Int8Logits(model.proj_out)
     elif logits == "exact" and isinstance(model.proj_out, Int8Logits):
         model.proj_out = model.proj_out.exact_linear()
-    return lean_decoder_(model).eval()
+    lean_decoder_(model)
+    if decoder_dtype == torch.bfloat16 and can_pack_linears():
+        pack_decoder_linears_(model)
+    return model.eval()

@@ -44,3 +44,16 @@ def kernel_calls(monkeypatch):
     monkeypatch.setattr(attention_lite_whisper, "attention_core_triton", lambda *a: calls.append("kernel") or launch(*a))
     monkeypatch.delenv("LITEASR_ATTENTION", raising=False)
     return calls
+
+
+@pytest.fixture(scope="module")
+def real_context_model(tiny_en_path):
+    """Real tiny.en twice: as Whisper ships it, and wrapped as lite-whisper with the default dynamic context."""
+    from transformers import AutoProcessor, WhisperForConditionalGeneration
+
+    from liteasr_hf import LiteWhisperForConditionalGeneration
+
+    dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_path).eval()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense)
+    lite.config.encoder_context_buckets, lite.config.encoder_context_margin = [10.0, 15.0, 20.0], 1.0
+    return dense, lite, AutoProcessor.from_pretrained(tiny_en_path)

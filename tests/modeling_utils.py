@@ -143,3 +143,72 @@ def tiny_features(n=6, seed=1):
     real = torch.randint(10, 40, (n,), generator=g)
     feats[:, :, 1:][torch.arange(120 - 1)[None, None, :].expand(n, 16, -1) >= 2 * real[:, None, None]] = -1.0
     return feats, real
+
+
+# ---- dynamic encoder context (test_context.py, test_padding_stride.py) ----------------------------------------------
+
+CONTEXT_RANKS = [{"q_proj": 4, "k_proj": 6, "v_proj": 5, "fc1": 10}, {"k_proj": 3, "out_proj": 8}]
+
+
+def lite_model(buckets=None, margin=0.1):
+    """(tiny dense Whisper, its lite model at CONTEXT_RANKS with random factors and these context buckets / margin)."""
+    from liteasr_hf import LiteWhisperForConditionalGeneration
+
+    dense = tiny_whisper()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, CONTEXT_RANKS, random_factors(dense, CONTEXT_RANKS))
+    lite.config.encoder_context_buckets, lite.config.encoder_context_margin = buckets, margin
+    return dense, lite
+
+
+def features(processor, seconds):
+    """Feature-extractor output for clips of these lengths, padded to the 1 s window, with its attention mask."""
+    audios = [tiny_audio(seed=i, seconds=s) for i, s in enumerate(seconds)]
+    return processor.feature_extractor(audios, sampling_rate=SAMPLING_RATE, return_tensors="pt",
+                                       return_attention_mask=True)
+
+
+def shipped(prefix):
+    """The bundled clips whose id starts with `prefix`."""
+    from liteasr_hf.audio import BUNDLED_CLIPS, load_clips
+
+    return [c for c in load_clips(BUNDLED_CLIPS, text_column=None) if c.id.startswith(prefix)]
+
+
+# The loop guard is off here: at 2 new tokens every row runs into the limit and would be decoded again on the full
+# window (an extra 50-position run); these runs count the positions of the context asked for.
+FRESH_PROCESS = r"""
+import json, sys
+sys.modules["liteasr_hf"] = None  # the package must not be what runs
+import torch
+from transformers import AutoModelForSpeechSeq2Seq, pipeline
+folder, audio = sys.argv[1], torch.load(sys.argv[2]).numpy()
+model = AutoModelForSpeechSeq2Seq.from_pretrained(folder, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+seen = []
+model.model.encoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+asr = pipeline("automatic-speech-recognition", model=folder, trust_remote_code=True)
+asr.model.model.encoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+gen = {"max_new_tokens": 2, "language": "en", "guard_loops": False}
+asr(audio, generate_kwargs=gen)
+asr(audio, generate_kwargs=dict(gen, encoder_context_buckets=None))
+print("RESULT" + json.dumps(seen))
+"""
+
+
+def positions_in_fresh_process(lite, processor, tmp_path):
+    """Save `lite`, load the folder in a fresh process without the package (trust_remote_code alone), run a 0.25 s
+    clip through its pipeline twice (config context, then encoder_context_buckets=None): the positions encoder
+    layer 0 saw each time."""
+    import subprocess
+    import sys
+
+    from liteasr_hf import save_lite_checkpoint
+
+    folder = save_lite_checkpoint(lite, str(tmp_path / "saved"), processor=processor)
+    torch.save(torch.from_numpy(tiny_audio(seconds=0.25)), tmp_path / "audio.pt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run([sys.executable, "-I", "-c", FRESH_PROCESS, folder, str(tmp_path / "audio.pt")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.split("RESULT", 1)[1])

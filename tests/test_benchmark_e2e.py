@@ -45,7 +45,7 @@ def test_end_to_end_rows_against_dense(tmp_path, tiny_en_path):
         from liteasr_hf.evaluation.wer import normalize
 
         assert [normalize(t) for t in rows["faster-whisper int8 b2"]["texts"]] == [normalize(t) for t in rows["faster-whisper int8 b1"]["texts"]]
-    assert data["settings"]["buckets"] == [10.0, 15.0, 20.0] and data["settings"]["clips"] == 3
+    assert data["settings"]["buckets"] == [15.0, 20.0] and data["settings"]["clips"] == 3
     assert "| dense/fp32/full b1 generate |" in out.stdout
 
 
@@ -84,14 +84,16 @@ def test_random_shape_rows(tmp_path):
 
 
 def test_fixed_tokens_and_graphed_encoder():
-    """Every clip decodes exactly the tokens asked for; the encoder split into its context step and its shape-static
-    step (what a CUDA graph captures) gives the forward's output, and on CUDA the replayed graph gives it too."""
+    """Every clip decodes exactly the tokens asked for; the encoder split into its plan and its shape-static step
+    (`encode(x, plan)`: what a CUDA graph captures) gives the forward's output, with the config's context and with
+    per-call strided settings, and on CUDA the replayed graph gives it too. `in_context` runs the fixed-token runner
+    on per-call settings, without the loop guard (every such row runs into its token limit)."""
     import numpy as np
     import torch
     from transformers import WhisperFeatureExtractor
 
     from liteasr_hf.cli.benchmark import rank_profile
-    from liteasr_hf.evaluation.random_e2e import CUDAGraphEncoder, random_lite, random_whisper
+    from liteasr_hf.evaluation.random_e2e import CUDAGraphEncoder, fixed_tokens_runner, in_context, random_lite, random_whisper
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rng = np.random.default_rng(0)
@@ -109,11 +111,24 @@ def test_fixed_tokens_and_graphed_encoder():
             assert (out[:, -5:] != lite.generation_config.eos_token_id).all(), out
             want = lite.get_encoder()(x, attention_mask=mask).last_hidden_state
             assert want.shape[1] == 500  # the 10 s bucket: 7.5 s + 1 s margin
+            strided = lite.get_encoder().context_settings().replace(padding_stride=4)  # per-call settings
+            want_strided = lite.get_encoder()(x, attention_mask=mask, encoder_context=strided).last_hidden_state
+            assert want_strided.shape[1] == 500 and not torch.equal(want_strided, want)
             with CUDAGraphEncoder(lite.get_encoder()) as graphs:
                 for _ in range(2):  # capture, then replay
                     got = lite.get_encoder()(x, attention_mask=mask).last_hidden_state
                     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # same kernels, same order
-            assert (len(graphs.graphs) == 1) == (device == "cuda")
+                    got = lite.get_encoder()(x, attention_mask=mask, encoder_context=strided).last_hidden_state
+                    torch.testing.assert_close(got, want_strided, rtol=1e-5, atol=1e-5)
+            assert len(graphs.graphs) == (2 if device == "cuda" else 0)  # one per plan
+        # in_context: the buckets as per-call settings (the config untouched), the fixed-token rows unguarded
+        seen = []
+        hook = lite.get_encoder().layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+        lite.config.encoder_context_buckets, fallbacks = None, lite.loop_guard.fallbacks
+        run = in_context(lite, [10.0, 15.0, 20.0], 1.0, fixed_tokens_runner(lite, fe, 2, 3))
+        assert run(audios) > 0
+        hook.remove()
+        assert seen == [500] and lite.loop_guard.fallbacks == fallbacks and lite.config.encoder_context_buckets is None
 
 
 def test_rows_take_turns_chunk_by_chunk():

@@ -131,10 +131,10 @@ def test_default_job(tmp_path):
     assert lite.config.low_rank_config and sum(p.numel() for p in lite.get_encoder().parameters()) == info["size"]["lite"]
     assert "| layer | q_proj" in (out / "README.md").read_text()
     # new checkpoints run the encoder on the dynamic context chosen on speech-dev's calibration clips, and say so
-    assert (lite.config.encoder_context_buckets, lite.config.encoder_context_margin) == ([10.0, 15.0, 20.0], 1.0)
+    assert (lite.config.encoder_context_buckets, lite.config.encoder_context_margin) == ([15.0, 20.0], 1.0)
     assert lite.config.encoder_padding_stride == 4
-    assert info["context"] == {"buckets": [10.0, 15.0, 20.0], "margin": 1.0, "padding_stride": 4}
-    assert "| dynamic encoder context | 10 / 15 / 20 s" in (out / "README.md").read_text()
+    assert info["context"] == {"buckets": [15.0, 20.0], "margin": 1.0, "padding_stride": 4}
+    assert "| dynamic encoder context | 15 / 20 s" in (out / "README.md").read_text()
     assert (out / "normalizer.json").exists()
     # The Hub expects `base_model` to be a model id: a bundled model's card names its OpenAI original, a local
     # folder's card names none; the unmeasured results section gives the command that measures and records WER.

@@ -10,6 +10,7 @@ from liteasr_hf import CompressionConfig, Compressor, compress, save_compressed
 from liteasr_hf.calibration import refine as refine_module
 from liteasr_hf.calibration.ranks import linear_budget, linear_dims, target_ranks, theta_ranks
 from liteasr_hf.calibration.sensitivity import allocate
+from liteasr_hf.lite_whisper.context_lite_whisper import ContextSettings
 from modeling_utils import tiny_audio, tiny_processor, tiny_whisper
 
 
@@ -47,8 +48,8 @@ def test_defaults_and_round_trip():
 
 
 def test_auto_context_fits_the_window():
-    assert CompressionConfig().context(30.0) == ([10.0, 15.0, 20.0], 1.0) and CompressionConfig().padding_stride == 4
-    assert CompressionConfig().context(12.0) == ([10.0], 1.0)
+    assert CompressionConfig().context(30.0) == ([15.0, 20.0], 1.0) and CompressionConfig().padding_stride == 4
+    assert CompressionConfig().context(16.0) == ([15.0], 1.0)
     assert CompressionConfig().context(1.0) == (None, 1.0)  # no default bucket is shorter: the full window
     assert CompressionConfig(context_buckets=[0.5], context_margin=0.2).context(1.0) == ([0.5], 0.2)
     with pytest.raises(ValueError, match="context_buckets"):
@@ -118,7 +119,8 @@ def test_refinement_and_context_options(compressor, monkeypatch):
     (kw,) = calls
     assert (kw["steps"], kw["lr"], kw["warmup"], kw["train"], kw["kl_weight"], kw["seed"], kw["pad_weight"]) == (2, 3e-5, 1, "factors+norms", 0.5, 7, 0.5)
     # the student is refined at the context it will run: buckets, margin and the padding stride
-    assert kw["context"] == ([0.6], 0.1, 2) and kw["mse_weight"] == 0.0 and kw["token_targets"] is not None
+    want = ContextSettings([0.6], 0.1, 2, full_frames=lite.config.max_source_positions * 2)
+    assert kw["context"] == want and kw["mse_weight"] == 0.0 and kw["token_targets"] is not None
     assert kw["targets"] is None  # KL alone at the context: no encoder-output teacher pass
     assert lite.liteasr_calibration["selection"]["refine"]["steps"] == 2
     assert (lite.config.encoder_context_buckets, lite.config.encoder_context_margin, lite.config.encoder_padding_stride) == ([0.6], 0.1, 2)

@@ -151,7 +151,10 @@ def test_optimize_for_cpu_follows_the_cpu(monkeypatch, support):
     encoder_dtype = next(model.get_encoder().parameters()).dtype
     decoder_linear = type(model.model.decoder.layers[0].fc1)
     if support == "native":  # bf16 everywhere, the output projection's approximate logits in int8
-        assert encoder_dtype == torch.bfloat16 and decoder_linear is nn.Linear and type(model.proj_out) is Int8Logits
+        from liteasr_hf.cpu import PackedLinear, can_pack_linears
+
+        want = PackedLinear if can_pack_linears() else nn.Linear  # the step's bf16 products laid out for oneDNN
+        assert encoder_dtype == torch.bfloat16 and decoder_linear is want and type(model.proj_out) is Int8Logits
         assert model.model.decoder.layers[0].fc1.weight.dtype == torch.bfloat16
     else:  # no bf16 hardware: fp32 encoder, int8 decoder (its fastest there), unless the caller names the decoder
         assert encoder_dtype == torch.float32 and decoder_linear is Int8Linear and type(model.proj_out) is Int8Logits
@@ -250,3 +253,106 @@ def test_pipeline_timestamps_through_the_cpu_fast_path(tiny_en_path):
         # Word times come from DTW over the cross-attention weights: bf16 encoder and int8 decoder moved them by
         # 0.02 s at most here (one 20 ms frame); 0.1 s allowed. Segment times are predicted tokens: the same here.
         assert all(abs(a - b) <= 0.1 for g, w in zip(got["chunks"], want["chunks"]) for a, b in zip(g["timestamp"], w["timestamp"]))
+
+
+def test_equal_row_groups_finds_runs_equal_in_every_batch_row():
+    from liteasr_hf.cpu import equal_row_groups
+
+    rows = torch.arange(7 * 3, dtype=torch.float32).view(7, 3)
+    a = rows[[0, 0, 2, 3, 3, 3, 6]]  # runs: 0-1, 2, 3-5, 6
+    b = rows[[0, 1, 2, 4, 4, 4, 6]] + 100  # runs: 0, 1, 2, 3-5, 6
+    starts, counts = equal_row_groups(a[None])
+    assert starts.tolist() == [0, 2, 3, 6] and counts.tolist() == [2, 1, 3, 1]
+    starts, counts = equal_row_groups(torch.stack([a, b]))  # a run must hold in every batch row
+    assert starts.tolist() == [0, 1, 2, 3, 6] and counts.tolist() == [1, 1, 1, 3, 1]
+    assert int(counts.sum()) == 7
+    assert equal_row_groups(rows[None]) is None  # no two neighbours equal
+    starts, counts = equal_row_groups(rows[[5] * 4][None])  # one run over everything
+    assert starts.tolist() == [0] and counts.tolist() == [4]
+
+
+def test_equal_row_groups_of_a_strided_encoder_are_its_padding_groups():
+    """The strided encoder repeats each padding group's row over the group: grouping its output by equality gives the
+    plan's groups (the dense rows, different from their neighbours, one each)."""
+    from liteasr_hf.cpu import equal_row_groups
+    from liteasr_hf.lite_whisper.context_lite_whisper import ContextSettings
+
+    dense = tiny_whisper()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, RANKS, random_factors(dense, RANKS))
+    x = torch.randn(1, 80, 100, generator=torch.Generator().manual_seed(0))
+    x[..., 30:] = -1.0  # 30 frames of audio, then padding
+    settings = ContextSettings(None, 0.1, 4, full_frames=100)
+    with torch.no_grad():
+        out = lite.get_encoder()(x, encoder_context=settings).last_hidden_state
+    index, counts = settings.plan(30).groups()
+    starts, got = equal_row_groups(out)
+    assert torch.equal(got, counts) and torch.equal(starts, torch.cumsum(counts, 0) - counts)
+    assert got.tolist() == [1] * 20 + [4] * 7 + [2]
+
+
+def test_a_model_with_inference_only_modules_refuses_save_pretrained(tmp_path):
+    """lean_decoder_'s LeanDecoderLayer and int8_decoder_'s Int8Linear / Int8Logits hold fused, quantized weights and code no
+    checkpoint carries: save_pretrained raises a ValueError naming them and writes nothing; the model as loaded saves."""
+    import copy
+    import os
+
+    from liteasr_hf.cpu import LeanDecoderLayer
+
+    dense = tiny_whisper()
+    lite = LiteWhisperForConditionalGeneration.from_whisper(dense, RANKS, random_factors(dense, RANKS))
+    lite.save_pretrained(tmp_path / "plain")
+    assert os.path.isfile(tmp_path / "plain" / "config.json")
+    lean = lean_decoder_(copy.deepcopy(lite))
+    assert all(isinstance(layer, LeanDecoderLayer) for layer in lean.model.decoder.layers)
+    with pytest.raises(ValueError, match=r"inference-only modules \(LeanDecoderLayer, from optimize_for_cpu\)"):
+        lean.save_pretrained(tmp_path / "lean")
+    if hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        both = int8_decoder_(copy.deepcopy(lean))
+        assert any(isinstance(m, Int8Linear) for m in both.modules())
+        with pytest.raises(ValueError, match=r"\(Int8Linear, Int8Logits, LeanDecoderLayer, from optimize_for_cpu\)"):
+            both.save_pretrained(tmp_path / "both")
+        only_int8 = int8_decoder_(copy.deepcopy(lite))
+        with pytest.raises(ValueError, match=r"\(Int8Linear, Int8Logits, from optimize_for_cpu\)"):
+            only_int8.save_pretrained(tmp_path / "int8")
+    assert not any(os.path.exists(tmp_path / name) for name in ("lean", "both", "int8"))
+
+
+@pytest.mark.skipif(not __import__("liteasr_hf.cpu").cpu.can_pack_linears(), reason="this torch packs no oneDNN weights")
+def test_packed_linear_is_the_linear_it_packs():
+    """PackedLinear against F.linear on the same bf16 weight: the same numbers at 1-16 rows and with leading dims
+    (oneDNN computes both; only the weight's layout differs). Checked bit for bit where measured; 1 bf16 ulp of the
+    output's magnitude (~0.06 for outputs up to ~8) is allowed for another oneDNN's blocking order."""
+    from liteasr_hf.cpu import PackedLinear
+
+    g = torch.Generator().manual_seed(0)
+    for d_in, d_out, bias in ((64, 192, True), (256, 64, False)):
+        linear = nn.Linear(d_in, d_out, bias=bias).to(torch.bfloat16)
+        packed = PackedLinear(linear)
+        for shape in ((1, d_in), (8, d_in), (16, d_in), (2, 3, d_in)):
+            x = torch.randn(*shape, generator=g).to(torch.bfloat16)
+            want, got = linear(x), packed(x)
+            assert got.shape == want.shape and got.dtype == torch.bfloat16
+            assert torch.allclose(got.float(), want.float(), rtol=0, atol=0.07), (got - want).abs().max()
+
+
+def test_optimize_for_cpu_packs_the_decoder_products_only_in_bf16(monkeypatch):
+    """bf16 decoder: the step's products are PackedLinears where torch can pack; fp32 decoder: none are."""
+    import copy
+
+    from liteasr_hf.cpu import PackedLinear, can_pack_linears
+
+    dense = tiny_whisper()
+    fp32 = optimize_for_cpu(copy.deepcopy(dense), dtype=torch.float32, decoder="fp32", keep_memory=False)
+    assert not any(isinstance(m, PackedLinear) for m in fp32.modules())
+    bf16 = optimize_for_cpu(copy.deepcopy(dense), dtype=torch.bfloat16, decoder="bf16", keep_memory=False)
+    layer = bf16.model.decoder.layers[0]
+    packed = [layer.qkv_proj, layer.self_attn.out_proj, layer.encoder_attn.q_proj, layer.encoder_attn.out_proj,
+              layer.fc1, layer.fc2]
+    assert all(isinstance(m, PackedLinear) for m in packed) == can_pack_linears()
+    assert type(layer.encoder_attn.k_proj) is nn.Linear  # once per clip, over every frame: left as it is
+    x = torch.randn(1, 80, 100)
+    with torch.no_grad():  # the whole model still decodes
+        assert bf16.generate(x, max_new_tokens=3).shape[0] == 1
+        fc1 = copy.deepcopy(layer.fc1).float()  # a conversion packs again from the weight, or (not bf16) not at all
+        h = torch.randn(2, fc1.in_features)
+        assert fc1.packed is None and torch.equal(fc1(h), nn.functional.linear(h, fc1.weight, fc1.bias))

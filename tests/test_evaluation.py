@@ -231,3 +231,36 @@ def test_table_gives_each_source_its_own_interval():
     lite = result("lite", ["a b c d"] * 10 + ["a b c d e"], sources)  # de: one deletion a clip; fr: none
     table = markdown([lite, dense])
     assert "| model | de | fr |" in table and "| lite | +20.00 (+20.00, +20.00) | +0.00 (1 clip) |" in table
+
+
+def test_context_buckets_reach_every_generate_call_as_settings(tmp_path, monkeypatch):
+    """evaluate_model(context_buckets=...): the model's settings with these buckets, passed to every transcription
+    (`encoder_context`, the per-language ones too); a dense Whisper is wrapped as lite-whisper; the config untouched.
+    By default ("config") no per-call context."""
+    from liteasr_hf.audio import Clip
+    from liteasr_hf.evaluation import run
+    from liteasr_hf.lite_whisper.context_lite_whisper import ContextSettings
+    from modeling_utils import lite_model, tiny_audio, tiny_processor
+
+    dense, lite = lite_model(None, margin=0.1)
+    lite.config.encoder_padding_stride = 2
+    processor = tiny_processor(tmp_path)
+    groups = [("s", [Clip("a", tiny_audio(seconds=0.3), "x", language="en"), Clip("b", tiny_audio(seconds=0.3), "x", language="fr")])]
+    asked = []
+
+    def fake_transcribe(model, processor, audios, batch_size, long_form="sequential", **gen):
+        asked.append((type(model).__name__, gen.get("language"), gen.get("encoder_context")))
+        return ["x"] * len(audios), [False] * len(audios)
+
+    monkeypatch.setattr(run, "transcribe", fake_transcribe)
+    evaluate_model("m", groups, model=lite, processor=processor, progress=False, context_buckets=[0.4])
+    settings = ContextSettings((0.4,), 0.1, 2, 100)
+    assert sorted(asked) == [("LiteWhisperForConditionalGeneration", "en", settings), ("LiteWhisperForConditionalGeneration", "fr", settings)]
+    assert (lite.config.encoder_context_buckets, lite.config.encoder_padding_stride) == (None, 2)
+    asked.clear()
+    evaluate_model("m", groups, model=dense, processor=processor, progress=False, context_buckets=[0.4])
+    assert sorted(asked) == [("LiteWhisperForConditionalGeneration", lang, ContextSettings((0.4,), 1.0, 1, 100))
+                             for lang in ("en", "fr")]
+    asked.clear()
+    evaluate_model("m", groups, model=lite, processor=processor, progress=False)
+    assert sorted(asked) == [("LiteWhisperForConditionalGeneration", "en", None), ("LiteWhisperForConditionalGeneration", "fr", None)]

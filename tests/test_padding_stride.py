@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from liteasr_hf import LiteWhisperConfig, LiteWhisperForConditionalGeneration, LowRankLinear, optimize_for_cpu
-from liteasr_hf.lite_whisper.modeling_lite_whisper import padding_groups
-from modeling_utils import random_factors, tiny_whisper
-from test_context import features, lite_model, real_context_model, shipped  # noqa: F401  (a fixture)
+from liteasr_hf.lite_whisper.context_lite_whisper import ContextPlan, ContextSettings, padding_groups
+from modeling_utils import features, lite_model, positions_in_fresh_process, random_factors, shipped, tiny_whisper
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +86,11 @@ def test_stride_one_and_full_audio_run_every_frame(processor):
     runs = {}
     with torch.no_grad():
         for stride in (1, 4):
-            with encoder.encoder_context(padding_stride=stride):
-                runs[stride] = [encoder(feats.input_features[i : i + 1], attention_mask=feats.attention_mask[i : i + 1])
-                                .last_hidden_state for i in range(2)]
-    assert LiteWhisperConfig().encoder_padding_stride == 1 and encoder.padding_stride() == 1
+            settings = encoder.context_settings().replace(padding_stride=stride)
+            runs[stride] = [encoder(feats.input_features[i : i + 1], attention_mask=feats.attention_mask[i : i + 1],
+                                    encoder_context=settings).last_hidden_state for i in range(2)]
+    assert LiteWhisperConfig().encoder_padding_stride == 1 and encoder.context_settings().padding_stride == 1
+    assert lite.config.encoder_padding_stride == 1  # the per-call settings left the config as it was
     # 0.2 s + 0.1 s in the 0.4 s bucket: 15 of 20 positions dense, 5 in two groups
     assert runs[4][0].shape == runs[1][0].shape == (1, 20, 64) and not torch.equal(runs[4][0], runs[1][0])
     assert torch.equal(runs[4][1], runs[1][1])  # 0.5 s + 0.1 s fill the 0.6 s bucket: no padding group
@@ -102,14 +102,18 @@ def test_generate_uses_config_stride_and_per_call_override(processor, tmp_path):
     feats = features(processor, [0.2])
     seen = []
     hook = lite.get_encoder().layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
-    kw = dict(max_new_tokens=2, language="en")
-    lite.generate(feats.input_features, attention_mask=feats.attention_mask, **kw)
-    lite.generate(feats.input_features, attention_mask=feats.attention_mask, encoder_padding_stride=1, **kw)
-    lite.generate(feats.input_features, attention_mask=feats.attention_mask, encoder_padding_stride=10, **kw)
+    kw = dict(attention_mask=feats.attention_mask, max_new_tokens=2, language="en", guard_loops=False)  # (guard: test_context)
+    lite.generate(feats.input_features, **kw)
+    lite.generate(feats.input_features, encoder_padding_stride=1, **kw)
+    lite.generate(feats.input_features, encoder_padding_stride=10, **kw)
+    settings = lite.get_encoder().context_settings()
+    lite.generate(feats.input_features, encoder_context=settings.replace(padding_stride=10), **kw)
+    lite.generate(feats.input_features, encoder_context=ContextPlan(100, 15, 10), **kw)
     hook.remove()
     # 0.2 s + 0.1 s = 15 dense positions; the other 35 in groups of 5 (7) or 10 (4)
-    assert seen == [15 + 7, 50, 15 + 4]
-    assert lite.get_encoder().padding_stride() == 5  # the override ended with its call
+    assert seen == [15 + 7, 50, 15 + 4, 15 + 4, 15 + 4]
+    # the overrides ended with their calls: the config's settings are as they were
+    assert settings == ContextSettings(None, 0.1, 5, 100) and lite.config.encoder_padding_stride == 5
     lite.config.save_pretrained(tmp_path)
     assert json.load(open(tmp_path / "config.json"))["encoder_padding_stride"] == 5
     assert LiteWhisperConfig.from_pretrained(tmp_path).encoder_padding_stride == 5
@@ -122,6 +126,8 @@ def test_bad_padding_stride_names_the_field(stride):
     _, lite = lite_model()
     with pytest.raises(ValueError, match="encoder_padding_stride"):
         lite.generate(torch.zeros(1, 80, 100), encoder_padding_stride=stride)
+    with pytest.raises(ValueError, match="encoder_padding_stride"):
+        lite.get_encoder().context_settings().replace(padding_stride=stride)
 
 
 def test_lean_decoder_projects_and_attends_each_group_once(processor):
@@ -201,8 +207,6 @@ def test_real_speech_long_form_and_word_timestamps_with_padding_stride(real_cont
 
 
 def test_saved_folder_uses_its_padding_stride_with_trust_remote_code_alone(processor, tmp_path):
-    from test_context import positions_in_fresh_process
-
     _, lite = lite_model([0.4, 0.6], margin=0.1)
     lite.config.encoder_padding_stride = 4
     # 0.25 s + 0.1 s = 18 dense positions; the 0.4 s bucket's other 2 in one group, the full window's other 32 in 8

@@ -108,7 +108,8 @@ def test_refine_at_a_dynamic_context_trains_and_scores_the_student_there():
     factors, _, _ = calibrate(model, feats, real, theta_rule(0.8, 0.8), progress=False)
     ranks = {name: w1.shape[1] for name, (w1, _, _) in factors.items()}
     lite = LiteWhisperForConditionalGeneration.from_whisper(model, to_low_rank_config(ranks, 2), factors)
-    encoder, context = lite.get_encoder(), ([1.0], 0.1)
+    encoder = lite.get_encoder()
+    context = encoder.context_settings().replace(buckets=[1.0], margin=0.1)
     seen = []
     hook = encoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
     r = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=1.0, mse_weight=0.0, context=context,
@@ -118,19 +119,20 @@ def test_refine_at_a_dynamic_context_trains_and_scores_the_student_there():
     held = torch.tensor(r["held_out"])
 
     def held_kl(ctx):
-        with torch.no_grad(), encoder.encoder_context(*ctx):
-            return float(_kl(lite, _enc_out(encoder, feats[held]), [tokens[int(i)] for i in held]))
+        with torch.no_grad():
+            return float(_kl(lite, _enc_out(encoder, feats[held], ctx), [tokens[int(i)] for i in held]))
 
     # Recomputing the held-out score at the same context reproduces it to float32 noise (~1e-7); at the full window it
     # differs by far more (6e-5 here, where the context cuts 10 of 60 frames), so "best" was scored at the context.
     assert abs(held_kl(context) - r["best"]) < 2e-6, (held_kl(context), r["best"])
-    assert abs(held_kl((None, 0.1)) - r["best"]) > 2e-5
+    assert abs(held_kl(context.replace(buckets=None)) - r["best"]) > 2e-5
+    assert encoder.context_settings().buckets is None  # refinement left the config's settings as they were
 
     # With a padding stride in the context, training runs the strided encoder: fewer positions than the bucket's 50
     seen.clear()
     hook = encoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
     # (the KL alone needs no encoder-output targets)
-    refine(lite, feats, real, None, token_targets=tokens, kl_weight=1.0, mse_weight=0.0, context=([1.0], 0.1, 4),
+    refine(lite, feats, real, None, token_targets=tokens, kl_weight=1.0, mse_weight=0.0, context=context.replace(padding_stride=4),
            steps=1, lr=3e-3, batch_size=2, eval_every=1, seed=0, progress=False)
     hook.remove()
     assert seen and max(seen) < 50, seen

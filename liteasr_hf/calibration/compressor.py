@@ -210,7 +210,9 @@ class Compressor:
             lite = build_lite_model(current, ranks, self._factors(current, pcas, ranks, config))
             stage = {"size": size}
             if config.refine_steps:
-                stage["refine"] = self._refine(lite, config, (buckets, margin, config.padding_stride))
+                settings = lite.get_encoder().context_settings().replace(buckets=buckets, margin=margin,
+                                                                         padding_stride=config.padding_stride)
+                stage["refine"] = self._refine(lite, config, settings)
             stages.append(stage)
             current = None  # a later stage's densified copy is spent once its lite model exists
         lite.config.encoder_context_buckets, lite.config.encoder_context_margin = buckets, margin

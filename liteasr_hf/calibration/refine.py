@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..generation import MAX_NEW_TOKENS, quiet_length_warning
+from ..lite_whisper.context_lite_whisper import ContextSettings
 from .features import DEFAULT_PADDING_WEIGHT, frame_weights
 
 
@@ -34,8 +35,10 @@ def _encoder(model: nn.Module) -> nn.Module:
     return model.get_encoder() if hasattr(model, "get_encoder") else model
 
 
-def _enc_out(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = encoder(input_features=x)
+def _enc_out(encoder: nn.Module, x: torch.Tensor, context=None) -> torch.Tensor:
+    """The encoder's last hidden state for `x`; on `context` (a lite encoder's `ContextSettings` or `ContextPlan`)
+    where given."""
+    out = encoder(input_features=x) if context is None else encoder(input_features=x, encoder_context=context)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
@@ -129,7 +132,7 @@ def refine(
     pad_weight: float | None = DEFAULT_PADDING_WEIGHT,
     seed: int = 0,
     progress: bool = True,
-    context: tuple | None = None,
+    context: ContextSettings | None = None,
     mse_weight: float = 1.0,
 ) -> dict:
     """Refine `model` (a compressed Whisper: lite model or one with low-rank linears) in place.
@@ -141,8 +144,8 @@ def refine(
     best-scoring parameters are restored. `warmup`: the learning rate rises linearly to `lr` over this
     many steps (Adam's first steps, before its variance estimates settle, can throw the factors far off
     the PCA start: with the decoder KL at lr 1e-4 the held-out loss rose up to 5x in 25 steps).
-    `context` = (buckets, margin[, padding_stride]): the student's encoder runs on the dynamic context it will use (a
-    lite model's `encoder_context`, padding stride included), the teacher's targets stay full-window. Matching the
+    `context` (`ContextSettings`: buckets, margin, padding stride): the student's encoder runs on the dynamic context
+    it will use (passed to every encoder call as `encoder_context`), the teacher's targets stay full-window. Matching the
     full window's first frames is the wrong target there (the decoder reads a trimmed full-window output worse than a
     short-context one: base 80 % on the calibration clips, 34.2 against 11.6 % WER), so with a context the loss
     should be the decoder KL alone (`mse_weight=0`): what the decoder predicts from the short context against what
@@ -150,8 +153,6 @@ def refine(
     Returns {"history": [(step, train, held-out)], "best": ..., "steps": steps run, "initial": held-out
     loss before refinement}.
     """
-    import contextlib
-
     from tqdm.auto import tqdm
 
     if kl_weight and token_targets is None:
@@ -175,14 +176,12 @@ def refine(
     enc = _encoder(model).eval()
     device, dtype = params[0].device, params[0].dtype
 
-    if context is not None and not hasattr(enc, "encoder_context"):
+    if context is not None and not hasattr(enc, "context_plan"):
         raise ValueError("refining at a dynamic context needs a lite model (LiteWhisperEncoder)")
-    in_context = (lambda: enc.encoder_context(*context)) if context is not None else contextlib.nullcontext
 
     def loss_fn(idx):
         x = features[idx].to(device, dtype)
-        with in_context():
-            out = _enc_out(enc, x).float()
+        out = _enc_out(enc, x, context).float()
         loss = torch.zeros((), device=device)
         if mse_weight:
             length = out.shape[1]  # the full window, or the student's context

@@ -18,6 +18,7 @@ COMMANDS = {
     "benchmark": ("benchmark", "encoder speed: dense vs lite, attention kernels, CUDA graphs"),
     "benchmark-e2e": ("benchmark_e2e", "end-to-end transcription speed and WER against dense and faster-whisper"),
     "convert": ("convert", "a CTranslate2 (faster-whisper) folder to a Transformers Whisper folder"),
+    "transcribe": ("transcribe", "transcribe recordings of any length to txt / srt / vtt / json"),
 }
 
 

@@ -11,6 +11,11 @@ their own (in one process with torch, the transformers rows ran up to 1.6x slowe
     liteasr-hf benchmark-e2e --lite outputs/lite-whisper-base-size80        # shipped clips, quick
     liteasr-hf benchmark-e2e --lite outputs/lite-whisper-base-size80 --dataset ../shared/data/speech-dev \\
         --split evaluation --batch 1 8 --json outputs/e2e.json                # the README's table
+    liteasr-hf benchmark-e2e --long --lite outputs/base80-dev --rounds 2       # whole recordings of minutes
+
+--long: recordings of minutes transcribed whole, each row (the transformers pipeline sequential and chunked, dense
+and lite, the package's Transcriber, faster-whisper with and without its batched VAD pipeline) in a worker process
+of its own, the language of each recording given; see liteasr_hf/evaluation/long_audio.py.
 
 In a checkout, `python scripts/benchmark_e2e.py ...` runs the same command (with the package installed: `pip install -e .`).
 """
@@ -18,7 +23,6 @@ In a checkout, `python scripts/benchmark_e2e.py ...` runs the same command (with
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -37,13 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dense", default=DEFAULT_MODEL, help=f"dense Whisper: bundled name, folder or Hub id (default {DEFAULT_MODEL})")
     p.add_argument("--lite", help="lite checkpoint folder or Hub id (rows 'lite/...'; default: none, dense rows only)")
+    p.add_argument("--long", action="store_true",
+                   help="long-audio mode: whole recordings (default --dataset: ../shared/data/speech-long), rows "
+                        "dense-sequential dense-chunked lite-sequential lite-transcribe fw-transcribe fw-batched")
+    p.add_argument("--languages", nargs="+", default=None, metavar="CODE",
+                   help="--long: only the recordings in these languages (e.g. en)")
     p.add_argument("--rows", nargs="+", default=None, metavar="MODEL/DTYPE/CONTEXT",
                    help=f"MODEL dense|lite, DTYPE {'|'.join(ROW_DTYPES)} (cpu*: liteasr_hf.optimize_for_cpu, a bf16 encoder "
                         "where the CPU has it and the lean decoder layers, with an fp32 (cpu), bf16 (cpu-bf16) or int8 (cpu-int8) decoder), CONTEXT full (every frame of the 30 s window), dynamic (the "
                         "context buckets, every frame), strided (the buckets, past audio + margin one frame in --padding-stride) or "
                         "full-strided (the 30 s window, past audio + margin one frame in --padding-stride); a strided CONTEXT may "
                         "name its own stride, e.g. strided:4 (the first row is the reference; "
-                        f"default: {' '.join(DEFAULT_ROWS)}, lite rows only with --lite)")
+                        f"default: {' '.join(DEFAULT_ROWS)}, lite rows only with --lite); with --long, row names "
+                        "(default: all, lite ones only with --lite)")
     p.add_argument("--buckets", type=float, nargs="+", default=None, metavar="SECONDS",
                    help="context buckets of the 'dynamic' rows (default: the lite checkpoint's encoder_context_buckets, else 10 15 20)")
     p.add_argument("--margin", type=float, default=None, help="seconds of padding kept after the audio (default: the checkpoint's, else 1.0)")
@@ -59,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="local audiofolder or Hub dataset (default: the clips shipped in the package)")
     p.add_argument("--split", help="split.json key or Hub split (default for the shipped clips: evaluation)")
     p.add_argument("--limit", type=int, help="at most this many clips")
-    p.add_argument("--rounds", type=int, default=2, help="repetitions over all clips; wall time is their median (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="torch and CTranslate2 threads (default: torch's)")
-    p.add_argument("--json", default="outputs/e2e.json", help="results, with every row's transcripts")
+    p.add_argument("--rounds", type=int, default=2, help="repetitions over all clips; wall time is their median (--long: the best "
+                                                                 "round, the median beside it) (default 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and CTranslate2 threads (default: torch's; with --long every core this process may use)")
+    p.add_argument("--json", default=None, help="results, with every row's transcripts (default outputs/e2e.json, "
+                                               "with --long outputs/e2e-long.json)")
     g = p.add_argument_group("random weights of a model's exact shapes (speed only; large models without their weights)")
     g.add_argument("--random-shape", default=None, metavar="SHAPE",
                    help="instead of --dense / --lite: random weights of this shape (tiny, base, small, medium, large-v3, "
@@ -76,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def write_results(path: str, results, settings) -> int:
+    """The JSON every mode writes ({"settings", "results"}); 0, the command's status."""
+    from liteasr_hf.evaluation.run import write_json
+
+    write_json(results, path, settings)
+    print(f"\nresults: {path}", file=sys.stderr)
+    return 0
+
+
 def row_context(context: str):
     """(context, stride or None) of a row's CONTEXT ("strided:4" -> ("strided", 4)), or None if it is not one."""
     name, _, stride = context.partition(":")
@@ -87,6 +109,17 @@ def row_context(context: str):
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
+    args.json = args.json or ("outputs/e2e-long.json" if args.long else "outputs/e2e.json")
+    if args.rounds < 1 or (args.threads is not None and args.threads < 1) or (args.limit is not None and args.limit < 1):
+        p.error("--rounds, --threads and --limit must be at least 1")
+    if args.long:
+        if args.random_shape:
+            p.error("--long and --random-shape do not go together")
+        from liteasr_hf.evaluation.long_audio import check_rows
+
+        if args.rows:  # the default depends on what is installed: long_main
+            args.rows = check_rows(args.rows, lite=bool(args.lite))
+        return args
     if args.random_shape:
         from liteasr_hf.evaluation.random_e2e import RANDOM_SHAPES
 
@@ -102,8 +135,8 @@ def parse_args(argv=None):
                     f"CONTEXT {'|'.join(CONTEXTS)} (a strided one with an optional :N stride)")
         if parts[0] == "lite" and not args.lite and not args.random_shape:
             p.error(f"--rows: {r!r} needs --lite")
-    if any(b < 1 for b in args.batch) or args.rounds < 1:
-        p.error("--batch and --rounds must be at least 1")
+    if any(b < 1 for b in args.batch):
+        p.error("--batch must be at least 1")
     if args.padding_stride is not None and args.padding_stride < 1:
         p.error("--padding-stride must be at least 1")
     args.rows = rows
@@ -117,6 +150,7 @@ def random_main(args) -> int:
 
     from liteasr_hf.evaluation import end_to_end as e2e
     from liteasr_hf.evaluation import random_e2e as r
+    from liteasr_hf.calibration.config import DEFAULT_CONTEXT_BUCKETS
     from liteasr_hf.evaluation.run import load_groups
 
     from .benchmark import rank_profile
@@ -127,7 +161,7 @@ def random_main(args) -> int:
     dense = r.random_whisper(args.random_shape, device, dtype)
     lite = r.random_lite(dense, rank_profile(args.random_ranks, dense.config))
     dense_ctx = e2e.as_lite(dense)  # the dense weights, as lite-whisper so they can take the context
-    buckets = args.buckets or [10.0, 15.0, 20.0]
+    buckets = args.buckets or list(DEFAULT_CONTEXT_BUCKETS)
     margin = 1.0 if args.margin is None else args.margin
     fe = WhisperFeatureExtractor(feature_size=dense.config.num_mel_bins)
     rows, graphs = {}, r.CUDAGraphEncoder(lite.get_encoder())  # one graph per (batch, bucket), shared by the rounds
@@ -151,22 +185,62 @@ def random_main(args) -> int:
         ref = next(x for x in results if x["row"] == f"dense full b{batch}")
         res["speedup"] = ref["wall_s"] / res["wall_s"]
         print(f"| {res['row']} | {res['wall_s']:.2f} | {res['speedup']:.2f} |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"settings": settings, "results": results}, f, indent=1)
-    print(f"\nresults: {args.json}", file=sys.stderr)
-    return 0
+    return write_results(args.json, results, settings)
+
+
+def long_rows(args) -> dict:
+    """{row: the folder its worker loads} for --long: the rows asked for, else every row this install can run (lite
+    rows with --lite, lite-transcribe with the transcription engine, fw rows with faster-whisper and a CTranslate2
+    folder); bundled names are converted here, once, before any worker starts."""
+    import importlib.util
+
+    from liteasr_hf.conversion import BUNDLED_MODELS, resolve_model
+    from liteasr_hf.conversion.bundled import ct2_folder
+    from liteasr_hf.evaluation import long_audio as la
+
+    fw = args.faster_whisper
+    if fw == "auto":
+        fw = ct2_folder(args.dense) if args.dense in BUNDLED_MODELS else None
+    fw = None if fw == "off" else fw
+    rows = args.rows
+    if rows is None:
+        skip = {"lite-transcribe": importlib.util.find_spec("liteasr_hf.transcription.engine") is None,
+                "fw-transcribe": fw is None or importlib.util.find_spec("faster_whisper") is None}
+        skip["fw-batched"] = skip["fw-transcribe"]
+        rows = [r for r in la.ROWS if (args.lite or r not in la.LITE_ROWS) and not skip.get(r)]
+        if any(skip.values()):
+            print(f"rows left out (not available here): {', '.join(r for r, s in skip.items() if s)}", file=sys.stderr)
+    if fw is None and any(r in la.FW_ROWS for r in rows):
+        raise ValueError("the fw rows need a CTranslate2 folder of the dense weights: --faster-whisper FOLDER "
+                         "(auto finds it only for a bundled --dense)")
+    dense, lite = resolve_model(args.dense), resolve_model(args.lite) if args.lite else None
+    return {r: fw if r in la.FW_ROWS else lite if r in la.LITE_ROWS else dense for r in rows}
+
+
+def long_main(args) -> int:
+    """--long: the long-audio rows, each in its worker process; a markdown table, and JSON with every transcript."""
+    from liteasr_hf.evaluation import long_audio as la
+
+    recordings = la.load_recordings(args.dataset, languages=args.languages, limit=args.limit)
+    models = long_rows(args)
+    threads = args.threads or len(os.sched_getaffinity(0))
+    results, settings = la.benchmark(list(models), recordings, models, threads=threads, rounds=args.rounds)
+    settings.update(dataset=args.dataset or la.DEFAULT_DATASET, dense=args.dense, lite=args.lite, languages=args.languages)
+    print(la.markdown(results, settings))
+    return write_results(args.json, results, settings)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.long:
+        return long_main(args)
     if args.random_shape:
         return random_main(args)
     import torch
 
     from liteasr_hf.conversion import BUNDLED_MODELS
-    from liteasr_hf.calibration.config import DEFAULT_PADDING_STRIDE
+    from liteasr_hf.calibration.config import DEFAULT_CONTEXT_BUCKETS, DEFAULT_PADDING_STRIDE
     from liteasr_hf.cpu import cpu_bf16_support, optimize_for_cpu
     from liteasr_hf.conversion.bundled import ct2_folder
     from liteasr_hf.evaluation import end_to_end as e2e
@@ -189,7 +263,7 @@ def main(argv=None) -> int:
         return models[kind, dtype]
 
     lite_config = model("lite", "fp32")[0].config if args.lite else None
-    buckets = args.buckets or (lite_config and lite_config.encoder_context_buckets) or [10.0, 15.0, 20.0]
+    buckets = args.buckets or (lite_config and lite_config.encoder_context_buckets) or list(DEFAULT_CONTEXT_BUCKETS)
     margin = args.margin if args.margin is not None else (lite_config.encoder_context_margin if lite_config else 1.0)
     checkpoint_stride = getattr(lite_config, "encoder_padding_stride", 1) if lite_config else 1
     stride = args.padding_stride or (checkpoint_stride if checkpoint_stride > 1 else DEFAULT_PADDING_STRIDE)
@@ -228,8 +302,4 @@ def main(argv=None) -> int:
                 "chunk": chunk, "buckets": buckets, "margin": margin, "padding_stride": stride, "dense": args.dense, "lite": args.lite,
                 "dataset": args.dataset or "shipped clips", "split": args.split}
     print(e2e.markdown(results, settings))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"settings": settings, "results": results}, f, indent=1)
-    print(f"\nresults: {args.json}", file=sys.stderr)
-    return 0
+    return write_results(args.json, results, settings)

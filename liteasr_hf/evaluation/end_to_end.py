@@ -21,8 +21,6 @@ import torch
 
 from ..audio import SAMPLING_RATE
 from ..generation import quiet_length_warning
-from ..lite_whisper.configuration_lite_whisper import check_context, check_padding_stride
-from ..lite_whisper.modeling_lite_whisper import MEL_FRAME_SECONDS
 from .run import repeated_ngram, transcribe
 from .wer import wer_difference, word_errors
 
@@ -70,18 +68,18 @@ def as_lite(model):
 
 def transformers_runner(model, processor, *, batch_size, buckets, margin, path, gen, timer_box, padding_stride=1):
     """A callable(audios) -> (texts, capped) through `transcribe` (generate) or `pipeline()`, the encoder on `buckets`
-    (None: the full window) with `margin` and `padding_stride` (a lite model, see `as_lite`); each call's encoder
-    seconds go to `timer_box`."""
+    (None: the full window) with `margin` and `padding_stride` (a lite model, see `as_lite`): settings built once and
+    passed to every generate call (`encoder_context`); each call's encoder seconds go to `timer_box`."""
     encoder = model.get_encoder()
-    check_context(buckets, margin, encoder.full_frames() * MEL_FRAME_SECONDS)  # bad values fail before any timing
-    check_padding_stride(padding_stride, model.config.max_source_positions)
+    # bad values fail here, before any timing
+    settings = encoder.context_settings().replace(buckets=buckets, margin=margin, padding_stride=padding_stride)
+    gen = dict(gen, encoder_context=settings)
 
-    def with_context(fn):
+    def timed(fn):
         def run(audios):
             timer = EncoderTimer(encoder)
             try:
-                with encoder.encoder_context(buckets, margin, padding_stride):
-                    result = fn(audios)
+                result = fn(audios)
             finally:
                 timer.remove()
             timer_box.append(timer.seconds)
@@ -89,7 +87,7 @@ def transformers_runner(model, processor, *, batch_size, buckets, margin, path, 
         return run
 
     if path == "generate":
-        return with_context(lambda audios: transcribe(model, processor, audios, batch_size, **gen))
+        return timed(lambda audios: transcribe(model, processor, audios, batch_size, **gen))
     from transformers import pipeline
 
     asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
@@ -100,7 +98,7 @@ def transformers_runner(model, processor, *, batch_size, buckets, margin, path, 
         with quiet_length_warning():
             texts = [o["text"].strip() for o in asr(inputs, batch_size=batch_size, generate_kwargs=gen)]
         return texts, [False] * len(texts)  # the pipeline does not say; repeated n-grams still count
-    return with_context(run_pipeline)
+    return timed(run_pipeline)
 
 
 def _faster_whisper_in_process(folder, compute_type, threads, language, max_new_tokens, batch_size=1):
@@ -145,67 +143,87 @@ def _faster_whisper_in_process(folder, compute_type, threads, language, max_new_
     return one_at_a_time if batch_size == 1 else batched
 
 
-def _faster_whisper_worker(conn, args):
-    """A worker process's loop: build the runner, then transcribe each list of audios it is sent until None."""
+def _worker(conn, factory, args):
+    """A worker process's loop: build the runner `factory(*args)`, then answer each item it is sent with the runner's
+    result until None (a None runner: "ready" False, and the parent closes it)."""
     import traceback
 
     try:
-        run = _faster_whisper_in_process(*args)
+        run = factory(*args)
     except Exception:  # noqa: BLE001  (reported to the parent, which raises)
         conn.send(("error", traceback.format_exc()))
         return
     conn.send(("ready", run is not None))
     while True:
         try:
-            audios = conn.recv()
+            item = conn.recv()
         except EOFError:  # the parent is gone
             return
-        if audios is None:
+        if item is None:
             return
         try:
-            conn.send(("ok", run(audios)))
+            conn.send(("ok", run(item)))
         except Exception:  # noqa: BLE001
             conn.send(("error", traceback.format_exc()))
 
 
-def faster_whisper_runner(folder, compute_type, threads, language, max_new_tokens, batch_size=1):
-    """`_faster_whisper_in_process`'s runner, run in a worker process of its own: a callable(audios) -> (texts,
-    capped) that sends the audios there and waits, or None when faster-whisper is not installed. The rows still take
-    turns in one run; apart, neither engine's runtime (CTranslate2 brings its own OpenMP) shares a process with the
-    other's. With faster-whisper in the same process, the lite bf16 row of a 40-clip run took 7.5 s against 4.7 s
-    without it, and dense 32.1 against 29.1 s (docs/benchmarks.md, run 21)."""
-    import multiprocessing
+class Worker:
+    """The runner `factory(*args)` (a module-level callable, so that a spawned process can import it) built and run in
+    a spawned process of its own: calling this sends an item there and returns the runner's result; an exception
+    there, while building or running, comes back here as a RuntimeError with the worker's traceback. `ready`: False
+    where the factory returned None. `close()` ends the process (a daemon: it ends with this one anyway)."""
 
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    worker = ctx.Process(target=_faster_whisper_worker, daemon=True,
-                         args=(child, (folder, compute_type, threads, language, max_new_tokens, batch_size)))
-    worker.start()
+    def __init__(self, factory, args, name="worker"):
+        import multiprocessing
 
-    def receive():
+        ctx = multiprocessing.get_context("spawn")
+        self.name = name
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_worker, args=(child, factory, args), daemon=True)
+        self._process.start()
+        child.close()  # only the worker holds its end now: if it dies, recv() here ends with EOFError
         try:
-            status, value = parent.recv()
+            self.ready = self._receive()
+        except RuntimeError:
+            self._process.join(timeout=30)
+            raise
+
+    def _receive(self):
+        try:
+            status, value = self._conn.recv()
         except EOFError:
-            raise RuntimeError(f"the faster-whisper worker process ended (exit code {worker.exitcode})") from None
+            self._process.join(timeout=30)
+            raise RuntimeError(f"the {self.name} worker process ended (exit code {self._process.exitcode})") from None
         if status == "error":
-            raise RuntimeError(f"the faster-whisper worker failed:\n{value}")
+            raise RuntimeError(f"the {self.name} worker failed:\n{value}")
         return value
 
-    try:
-        installed = receive()
-    except RuntimeError:
-        worker.join(timeout=30)
-        raise
-    if not installed:
-        parent.send(None)
-        worker.join()
+    def __call__(self, item):
+        self._conn.send(item)
+        return self._receive()
+
+    def close(self):
+        if self._process.is_alive():
+            try:
+                self._conn.send(None)
+            except OSError:  # its end is already closed
+                pass
+            self._process.join(timeout=30)
+        self._conn.close()
+
+
+def faster_whisper_runner(folder, compute_type, threads, language, max_new_tokens, batch_size=1):
+    """`_faster_whisper_in_process`'s runner, run in a worker process of its own (`Worker`): a callable(audios) ->
+    (texts, capped) that sends the audios there and waits, or None when faster-whisper is not installed. The rows still
+    take turns in one run; apart, neither engine's runtime (CTranslate2 brings its own OpenMP) shares a process with the
+    other's. With faster-whisper in the same process, the lite bf16 row of a 40-clip run took 7.5 s against 4.7 s
+    without it, and dense 32.1 against 29.1 s (docs/benchmarks.md, run 21)."""
+    worker = Worker(_faster_whisper_in_process, (folder, compute_type, threads, language, max_new_tokens, batch_size),
+                    "faster-whisper")
+    if not worker.ready:
+        worker.close()
         return None
-
-    def run(audios):
-        parent.send(list(audios))
-        return receive()
-
-    return run
+    return worker
 
 
 def run_rows(rows, clips, rounds, chunk=8, progress=True):

@@ -3,9 +3,9 @@ large-v3-turbo, ...), real clips for their lengths (so the dynamic context picks
 fixed number of decoded tokens per clip (random weights decode noise; a fixed count makes every row do the same
 decoder work). Speed only, never accuracy.
 
-On CUDA, `CUDAGraphEncoder` replays one captured graph per (batch, context) shape: the context decision reads the
-audio's length on the host (`LiteWhisperEncoder.context_input`), and what follows (`encode`) has shapes fixed by it,
-so the buckets bound the graphs to a few per batch size.
+On CUDA, `CUDAGraphEncoder` replays one captured graph per (batch, context plan): the plan reads the audio's length
+on the host (`LiteWhisperEncoder.context_plan`), and what follows (`encode`) has shapes fixed by it, so the buckets
+bound the graphs to a few per batch size.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def random_lite(dense, low_rank_config, seed: int = 1, attention: str = "liteasr
 
 
 class CUDAGraphEncoder:
-    """While entered (`with graphs:`), a lite encoder's forward replays graphs, one per (batch, context frames) shape,
-    captured on first use; off CUDA it runs `encode` as is."""
+    """While entered (`with graphs:`), a lite encoder's forward replays graphs, one per (batch, context plan), captured
+    on first use; off CUDA it runs `encode` as is."""
 
     def __init__(self, encoder):
         self.encoder, self.graphs, self._forward = encoder, {}, None
@@ -87,24 +87,27 @@ class CUDAGraphEncoder:
     def __exit__(self, *exc):
         self.encoder.forward = self._forward
 
-    def forward(self, input_features, attention_mask=None, **kwargs):
+    def forward(self, input_features, attention_mask=None, encoder_context=None, **kwargs):
         from transformers.modeling_outputs import BaseModelOutput
 
-        x = self.encoder.context_input(input_features, attention_mask)
+        from ..lite_whisper.context_lite_whisper import fit_features
+
+        plan = self.encoder.context_plan(input_features, attention_mask, encoder_context)
+        x = fit_features(input_features, plan)
         if x.device.type != "cuda":
-            return BaseModelOutput(last_hidden_state=self.encoder.encode(x))
-        key = (tuple(x.shape), x.dtype)
+            return BaseModelOutput(last_hidden_state=self.encoder.encode(x, plan))
+        key = (tuple(x.shape), x.dtype, plan)
         if key not in self.graphs:
             static = x.clone()
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream), torch.no_grad():  # warm up off the default stream (autotunes the kernel)
                 for _ in range(2):
-                    self.encoder.encode(static)
+                    self.encoder.encode(static, plan)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph), torch.no_grad():
-                out = self.encoder.encode(static)
+                out = self.encoder.encode(static, plan)
             self.graphs[key] = (graph, static, out)
         graph, static, out = self.graphs[key]
         static.copy_(x)
@@ -113,32 +116,40 @@ class CUDAGraphEncoder:
 
 
 def in_context(model, buckets, margin, run, graphs: CUDAGraphEncoder | None = None):
-    """`run` with a lite model's encoder on these context buckets (None: the full window), optionally replaying
-    `graphs`; a dense Whisper runs as it is."""
+    """`run` (a callable(audios, encoder_context=None), as `fixed_tokens_runner` makes) with a lite model's encoder on
+    these context buckets (None: the full window) and margin, the rest of its settings as its config has them: the
+    settings are built once and passed to every call; optionally replaying `graphs`. A dense Whisper runs as it is."""
     import contextlib
 
+    encoder = model.get_encoder()
+    context = {}
+    if getattr(encoder, "context_settings", None) is not None:
+        context = {"encoder_context": encoder.context_settings().replace(buckets=buckets, margin=margin)}
+
     def wrapped(audios):
-        with contextlib.ExitStack() as stack:
-            encoder = model.get_encoder()
-            if hasattr(encoder, "encoder_context"):
-                stack.enter_context(encoder.encoder_context(buckets, margin))
-            if graphs is not None:
-                stack.enter_context(graphs)
-            return run(audios)
+        with graphs if graphs is not None else contextlib.nullcontext():
+            return run(audios, **context)
 
     return wrapped
 
 
 def fixed_tokens_runner(model, feature_extractor, batch_size: int, tokens: int):
-    """callable(audios) -> seconds: generate exactly `tokens` new tokens per clip (eos suppressed until then)."""
+    """callable(audios, encoder_context=None) -> seconds: generate exactly `tokens` new tokens per clip (eos suppressed
+    until then; no loop guard, which would decode every such row again), on `encoder_context` where given (a lite
+    model's `ContextSettings` or `ContextPlan`)."""
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    lite = hasattr(model, "loop_guard")  # a lite model (its generate takes these)
+
     @torch.inference_mode()
-    def run(audios):
+    def run(audios, encoder_context=None):
+        context = {"guard_loops": False} if lite else {}
+        if encoder_context is not None:
+            context["encoder_context"] = encoder_context
         order = sorted(range(len(audios)), key=lambda i: len(audios[i]))  # similar lengths batch together
         sync()
         t0 = time.perf_counter()
@@ -147,7 +158,7 @@ def fixed_tokens_runner(model, feature_extractor, batch_size: int, tokens: int):
             feats = feature_extractor(batch, sampling_rate=16_000, return_tensors="pt", return_attention_mask=True)
             with quiet_length_warning():
                 model.generate(feats.input_features.to(device, dtype), attention_mask=feats.attention_mask.to(device),
-                               min_new_tokens=tokens, max_new_tokens=tokens, num_beams=1, do_sample=False)
+                               min_new_tokens=tokens, max_new_tokens=tokens, num_beams=1, do_sample=False, **context)
         sync()
         return time.perf_counter() - t0
 

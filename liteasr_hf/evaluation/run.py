@@ -19,6 +19,7 @@ import torch
 
 from ..audio import SAMPLING_RATE, Clip, load_clips
 from ..generation import MAX_NEW_TOKENS, generate_kwargs, quiet_length_warning
+from ..lite_whisper.context_lite_whisper import ContextPlan
 from .flops import encoder_cost
 from .wer import wer_difference, word_errors
 
@@ -102,6 +103,7 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequ
     with `long_form="chunked"` through the ASR pipeline's 30 s chunks (5 s strides each side, merged on the overlap)."""
     if long_form not in LONG_FORM_MODES:
         raise ValueError(f"long_form must be one of {', '.join(LONG_FORM_MODES)}, got {long_form!r}")
+    gen = context_kwargs(model, gen)  # a per-call encoder context: one `encoder_context` for generate
     fe = processor.feature_extractor
     if long_form == "chunked" and any(len(a) > fe.n_samples for a in audios):
         long = [i for i, a in enumerate(audios) if len(a) > fe.n_samples]
@@ -133,38 +135,57 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequ
     return texts, capped
 
 
+def context_kwargs(model, gen: dict) -> dict:
+    """`gen` (generate keywords) with a lite model's per-call encoder context as one `encoder_context`: gen's own (a
+    `ContextSettings` or `ContextPlan`), or the model's settings with gen's `encoder_context_buckets` /
+    `encoder_context_margin` / `encoder_padding_stride` applied (validated). A dense model's, or one without any
+    context key, unchanged."""
+    keys = {"encoder_context_buckets": "buckets", "encoder_context_margin": "margin", "encoder_padding_stride": "padding_stride"}
+    overrides = {keys[k]: v for k, v in gen.items() if k in keys}
+    encoder = model.get_encoder()
+    if not overrides or getattr(encoder, "context_settings", None) is None:
+        return gen
+    if gen.get("encoder_context") is not None:
+        raise ValueError("give encoder_context or the encoder_context_* / encoder_padding_stride keys, not both")
+    gen = {k: v for k, v in gen.items() if k not in keys}
+    return dict(gen, encoder_context=encoder.context_settings().replace(**overrides))
+
+
 def feature_window(model, feature_extractor, samples: int, gen: dict) -> int:
     """Samples to pad a batch's features to: Whisper's 30 s window, or less where a lite model's encoder reads less of
-    it: the context bucket it runs on, or, with a padding stride and no buckets, the audio plus the margin (the
-    encoder writes the padding frames past that itself, `padding_frames`, as the extractor would). The log-mel of a
-    shorter zero-padded window has the same numbers in the frames the encoder reads (zeros are zeros and the clip's
-    maximum lies in its audio; checked bit for bit), and at a 10 s bucket costs a third. The length is chosen as the
-    encoder chooses it, with n_fft samples more so that the STFT's reflected edge falls in zeros; where that picks a
-    larger bucket than the encoder's, the encoder cuts the features."""
+    it: the frames of its context plan (`ContextSettings.plan_samples`; gen's `encoder_context`, else the model's
+    settings) or, where the plan strides the padding of the full window, its dense positions only (the encoder writes
+    the padding frames past those itself, `padding_frames`, as the extractor would). The log-mel of a shorter
+    zero-padded window has the same numbers in the frames the encoder reads (zeros are zeros and the clip's maximum
+    lies in its audio; checked bit for bit; the padding the encoder writes past a strided window is the extractor's
+    to float32 rounding, 1.2e-7), and at a 10 s bucket costs a third. The plan is made for n_fft samples
+    more than the audio, so that the STFT's reflected edge falls in zeros; where that picks a larger bucket than the
+    encoder's (planned on the features), the encoder cuts the features."""
     full = feature_extractor.n_samples
     encoder = model.get_encoder()
     if getattr(encoder, "context_settings", None) is None or samples > full:
         return full
-    buckets, margin = encoder.context_settings()
-    buckets = gen.get("encoder_context_buckets", buckets)
-    margin = gen.get("encoder_context_margin", margin)
-    stride = gen.get("encoder_padding_stride", encoder.padding_stride())
-    need = samples + round(margin * SAMPLING_RATE) + feature_extractor.n_fft
-    if not buckets:
-        return min(need, full) if stride > 1 else full
-    return next((min(round(b * SAMPLING_RATE), full) for b in buckets if b * SAMPLING_RATE >= need), full)
+    context = context_kwargs(model, gen).get("encoder_context") or encoder.context_settings()
+    hop = feature_extractor.hop_length
+    plan = context if isinstance(context, ContextPlan) else context.plan_samples(samples + feature_extractor.n_fft, hop)
+    if plan.frames >= encoder.full_frames() and plan.dense_positions is not None:
+        return min(plan.dense_positions * 2 * hop, full)  # two mel frames an encoder position
+    return min(plan.frames * hop, full)
 
 
 def chunked(model, processor, audios: Sequence, batch_size=8, **gen) -> list[str]:
     """Texts of clips over 30 s through `pipeline("automatic-speech-recognition", chunk_length_s=30)`, its chunks
-    batched `batch_size` at a time. `max_new_tokens` caps each chunk, as it caps each clip elsewhere."""
+    batched `batch_size` at a time, each decoded with timestamp tokens (without them Whisper's no-timestamps mode
+    stops early or loops on 30 s chunks, and the chunks merge on token overlap alone). `max_new_tokens` caps each
+    chunk, as it caps each clip elsewhere."""
     from transformers import pipeline
 
     asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
                    feature_extractor=processor.feature_extractor, chunk_length_s=30, batch_size=batch_size,
                    device=model.device, dtype=model.dtype)
     with quiet_length_warning():
-        out = asr([{"raw": a, "sampling_rate": SAMPLING_RATE} for a in audios], generate_kwargs=gen)
+        out = asr([{"raw": a, "sampling_rate": SAMPLING_RATE} for a in audios], return_timestamps=True,
+                  generate_kwargs=gen)
     return [o["text"].strip() for o in out]
 
 
@@ -197,8 +218,6 @@ def evaluate_model(name: str, groups, *, batch_size=8, language=None, task=None,
     `long_form`: how clips over 30 s are decoded, "sequential" (Whisper's long-form generate) or "chunked" (the
     pipeline's 30 s chunks); a clip over 30 s counts as a loop by its repeated n-grams only.
     """
-    import contextlib
-
     from accelerate import PartialState
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
@@ -207,24 +226,25 @@ def evaluate_model(name: str, groups, *, batch_size=8, language=None, task=None,
     if model is None:
         model, processor, _ = load_model(name, device or state.device, dtype)
     gen = generate_kwargs(model, language, task, max_new_tokens)
-    in_context = contextlib.nullcontext
+    context = {}  # the encoder context of every generate call: the checkpoint's, or these buckets
     if context_buckets != "config":
         from .end_to_end import as_lite
 
         model = as_lite(model)
-        in_context = lambda: model.get_encoder().encoder_context(context_buckets)  # noqa: E731
+        context = {"encoder_context": model.get_encoder().context_settings().replace(buckets=context_buckets)}
+        gen = dict(gen, **context)
     local, walls = [], {}
     bar = tqdm(total=sum(len(c) for _, c in groups), desc=f"transcribing ({os.path.basename(str(name))})", unit="clip",
                disable=not progress or not state.is_main_process)
     multilingual = getattr(model.generation_config, "is_multilingual", False)
     for source, clips in groups:
-        with state.split_between_processes(list(clips)) as shard, in_context():
+        with state.split_between_processes(list(clips)) as shard:
             t0 = time.perf_counter()
             texts, capped = [None] * len(shard), [False] * len(shard)
             # A multilingual model transcribes each clip in the clip's own language where the data names it.
             for lang in sorted({c.language if multilingual else None for c in shard}, key=str):
                 idx = [i for i, c in enumerate(shard) if (c.language if multilingual else None) == lang]
-                kw = generate_kwargs(model, lang or language, task, max_new_tokens) if lang else gen
+                kw = dict(generate_kwargs(model, lang or language, task, max_new_tokens), **context) if lang else gen
                 t, k = transcribe(model, processor, [shard[i].audio for i in idx], batch_size, long_form, **kw)
                 for i, ti, ki in zip(idx, t, k):
                     texts[i], capped[i] = ti, ki

@@ -9,6 +9,8 @@ a config without them (every published checkpoint) runs the full 30 s window.
 
 from transformers import WhisperConfig
 
+from .context_lite_whisper import ENCODER_FRAME_SECONDS, check_context, check_padding_stride
+
 # Encoder projections that may be low-rank, with their (in, out) sizes as functions of the config.
 LOW_RANK_SHAPES = {
     "q_proj": lambda c: (c.d_model, c.d_model),
@@ -34,40 +36,6 @@ ATTENTION_KERNELS = ("auto", "triton", "reference")
 
 # How the installed package tells itself apart from a checkpoint's copy of this file (see __init__).
 _RUNS_AS_PACKAGE = __name__.startswith("liteasr_hf.")
-
-
-# One encoder position covers two 10 ms mel frames.
-ENCODER_FRAME_SECONDS = 0.02
-
-
-def check_context(buckets, margin, max_seconds: float, where: str = "encoder_context_buckets") -> None:
-    """Raise ValueError naming the field unless `buckets` is None or ascending seconds in (0, max_seconds], each a whole
-    number of encoder frames (20 ms), and `margin` is seconds >= 0."""
-    margin_field = where.replace("buckets", "margin")
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
-        raise ValueError(f"{margin_field} must be a number of seconds >= 0, got {margin!r}")
-    if buckets is None:
-        return
-    if isinstance(buckets, (str, bytes)) or not hasattr(buckets, "__iter__"):
-        raise ValueError(f"{where} must be a list of seconds or None (full 30 s window), got {buckets!r}")
-    buckets = list(buckets)
-    if not buckets:
-        raise ValueError(f"{where} is empty: give at least one context length in seconds, or None for the full window")
-    for b in buckets:
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= max_seconds:
-            raise ValueError(f"{where}: {b!r} is not a number of seconds in (0, {max_seconds:g}]")
-        frames = b / ENCODER_FRAME_SECONDS
-        if abs(frames - round(frames)) > 1e-6:
-            raise ValueError(f"{where}: {b!r} s is not a whole number of encoder frames ({ENCODER_FRAME_SECONDS} s each)")
-    if any(not a < b for a, b in zip(buckets, buckets[1:])):
-        raise ValueError(f"{where} must ascend, got {buckets}")
-
-
-def check_padding_stride(stride, max_frames: int, where: str = "encoder_padding_stride") -> None:
-    """Raise ValueError naming the field unless `stride` is a whole number of encoder frames in [1, max_frames]."""
-    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_frames:
-        raise ValueError(f"{where} must be a whole number of encoder frames in [1, {max_frames}] (1: every frame), "
-                         f"got {stride!r}")
 
 
 class LiteWhisperConfig(WhisperConfig):

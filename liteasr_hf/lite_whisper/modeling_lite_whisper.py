@@ -8,10 +8,12 @@ liteasr_hf. Tensor names follow the published LiteASR checkpoints (efficient-spe
 decoder on SDPA. Importing this file registers that implementation and the ASR pipeline for lite models.
 """
 
-import contextlib
 import copy
+import logging
 import os
 import shutil
+import zlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,17 +37,13 @@ from transformers.models.whisper.modeling_whisper import (
 
 from .attention_lite_whisper import attention_core
 from .generation_config_lite_whisper import complete_whisper_generation_config
-from .configuration_lite_whisper import (
-    ENCODER_FRAME_SECONDS,
-    LOW_RANK_SHAPES,
-    LiteWhisperConfig,
-    check_context,
-    check_padding_stride,
-    projection_path,
-)
+from .configuration_lite_whisper import LOW_RANK_SHAPES, LiteWhisperConfig, projection_path
+from .context_lite_whisper import ContextPlan, ContextSettings, fit_features
 from .pipeline_lite_whisper import LiteWhisperASRPipeline, register_asr_pipeline
 
 ATTN_IMPLEMENTATION = "liteasr"
+logger = logging.getLogger(__name__)
+_UNSET = object()
 
 
 class LowRankLinear(nn.Module):
@@ -122,19 +120,20 @@ class LiteWhisperAttention(WhisperAttention):
     space; the projections still run fused (see `_first_stage`, `_dense_space`).
     """
 
-    def forward(self, hidden_states, key_value_states=None, attention_mask=None, output_attentions=False, **kwargs):
-        # The one mask the encoder passes is a per-key additive bias [B or 1, 1, 1, T] (see `padding_groups`): it adds
-        # to the rank-space key bias. Any other mask goes the dense way.
-        key_weights = (attention_mask is not None and attention_mask.is_floating_point() and attention_mask.dim() == 4
-                       and attention_mask.shape[1:3] == (1, 1))
+    def forward(self, hidden_states, key_value_states=None, attention_mask=None, output_attentions=False,
+                key_weights=None, **kwargs):
+        """`key_weights` [T] (log of how many positions each row stands for, see `ContextPlan.groups`) adds to every
+        query's score of that key: the encoder's padding stride."""
         if (
             self.config._attn_implementation != ATTN_IMPLEMENTATION
             or key_value_states is not None
-            or (attention_mask is not None and not key_weights)
+            or attention_mask is not None
             or output_attentions
             or (self.training and self.dropout > 0)
             or not self._low_rank_names()
         ):
+            if key_weights is not None:  # an additive mask is what transformers' attention takes for it
+                attention_mask = key_weights.view(1, 1, 1, -1) if attention_mask is None else attention_mask + key_weights
             return super().forward(
                 hidden_states,
                 key_value_states=key_value_states,
@@ -144,13 +143,13 @@ class LiteWhisperAttention(WhisperAttention):
             )
         q, k, v, key_bias = self.attention_operands(hidden_states)
         if self._qk_rank_space() or self._v_rank_space():
-            if attention_mask is not None:
-                mask = attention_mask[:, :, 0].to(q.dtype)  # [B or 1, 1, T]
-                key_bias = mask.expand(q.shape[0], q.shape[1], -1) if key_bias is None else key_bias + mask
+            if key_weights is not None:
+                weights = key_weights.to(q.dtype).view(1, 1, -1)
+                key_bias = weights.expand(q.shape[0], q.shape[1], -1) if key_bias is None else key_bias + weights
             kernel = getattr(self.config, "attention_kernel", "auto")  # "auto" | "triton" | "reference"
             out = attention_core(q, k, v, key_bias, kernel=kernel)  # [B, H, T, r or d]
         else:  # the scale is folded into q
-            mask = None if attention_mask is None else attention_mask.to(q.dtype)
+            mask = None if key_weights is None else key_weights.to(q.dtype).view(1, 1, 1, -1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         if self._v_rank_space():
             v_proj = self.v_proj
@@ -339,164 +338,75 @@ class LiteWhisperPreTrainedModel(WhisperPreTrainedModel):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Dynamic encoder context
-
-MEL_FRAME_SECONDS = ENCODER_FRAME_SECONDS / 2
-_UNSET = object()
-
-
-def audio_frames(input_features, attention_mask=None):
-    """Mel frames per row [B] up to the last one holding audio. From the feature extractor's attention mask where it
-    matches the features (the pipeline and long-form generate pass one for the whole recording, which does not match
-    a 30 s segment); else from the features: padding frames are constant over the mel bins, both the log-mel floor
-    the feature extractor writes for zero samples and the zeros long-form generate pads its last segment with."""
-    batch, _, length = input_features.shape
-    if attention_mask is not None and tuple(attention_mask.shape) == (batch, length):
-        return attention_mask.to(torch.long).sum(-1)
-    audio = input_features.amax(1) - input_features.amin(1) > 1e-6  # [B, T]
-    position = torch.arange(1, length + 1, device=input_features.device)
-    return (audio * position).amax(-1)
-
-
-def context_frames(input_features, attention_mask, buckets, margin, full_frames: int, need: int | None = None) -> int:
-    """Mel frames the encoder runs on: the smallest bucket holding the batch's longest audio plus `margin` seconds
-    (`need` mel frames, where the caller has counted them), else (and always when buckets is None) `full_frames`."""
-    if buckets is None:
-        return full_frames
-    if need is None:
-        need = int(audio_frames(input_features, attention_mask).max()) + round(margin / MEL_FRAME_SECONDS)
-    for seconds in buckets:
-        frames = round(seconds / MEL_FRAME_SECONDS)
-        if frames >= need:
-            return min(frames, full_frames)
-    return full_frames
-
-
-def padding_groups(frames: int, dense_frames: int, stride: int, device=None):
-    """The positions the encoder runs on when frames past `dense_frames` (the audio plus the margin) are taken one
-    in `stride`: (index [N] of each position's frame, frames each stands for [N]). Frames [0, dense_frames) stand for
-    themselves; the rest fall in groups of `stride` consecutive frames (the last one shorter), each represented by its
-    middle frame. A group's frames carry the same features (padding) and neighbouring positions, so the encoder
-    computes one and lets it count `stride` times in attention: log(count) added to its attention scores is softmax
-    over `count` copies of it."""
-    dense_frames = min(dense_frames, frames)
-    starts = torch.arange(dense_frames, frames, stride, device=device)
-    counts = torch.clamp(frames - starts, max=stride)
-    index = torch.cat([torch.arange(dense_frames, device=device), starts + (counts - 1) // 2])
-    return index, torch.cat([torch.ones(dense_frames, dtype=counts.dtype, device=device), counts])
-
-
-def padding_frames(input_features, frames: int):
-    """The frames WhisperFeatureExtractor writes for zero samples, from `input_features`' length up to `frames`:
-    it clamps log10 power at (clip max - 8) and maps x to (x + 4) / 4, so padding sits 2 below each clip's maximum,
-    or at (log10(1e-10) + 4) / 4 = -1.5 when the clip is quieter than that clamp."""
-    floor = torch.clamp(input_features.amax(dim=(1, 2), keepdim=True) - 2.0, min=-1.5)
-    return floor.expand(-1, input_features.shape[1], frames - input_features.shape[-1])
+# Dynamic encoder context (context_lite_whisper.py: the plan)
 
 
 class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
-    """Whisper's encoder with low-rank layers. It runs on the full window (3,000 mel frames, 30 s) or, with the
-    config's `encoder_context_buckets`, on the bucket that covers the audio (see `context_frames`), positions sliced
-    to match; `encoder_context(...)` overrides that for a block. Shorter input features are padded to that context
-    as the feature extractor pads (`padding_frames`)."""
+    """Whisper's encoder with low-rank layers, on the context a `ContextPlan` gives: the full window (3,000 mel
+    frames, 30 s) or, with the config's `encoder_context_buckets`, the bucket that covers the audio, positions sliced to
+    match. `forward(..., encoder_context=...)` takes a plan, or settings to plan with (`ContextSettings`), for one
+    call; by default the config's settings. Shorter input features are padded to the plan as the feature extractor
+    pads (`padding_frames`)."""
 
     def __init__(self, config: LiteWhisperConfig):
         super().__init__(config)
         self.layers = nn.ModuleList(LiteWhisperEncoderLayer(config, ranks) for ranks in config.low_rank_config)
-        self._context_override = None
-        self._stride_override = None
         self.post_init()
 
     def full_frames(self) -> int:
         return self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
 
-    @contextlib.contextmanager
-    def encoder_context(self, buckets=_UNSET, margin=_UNSET, padding_stride=_UNSET):
-        """Run the block with other context buckets (None: the full window), margin and/or padding stride than those
-        in force."""
-        previous = self._context_override, self._stride_override
-        current_buckets, current_margin = self.context_settings()  # what is not given stays as it is (nesting)
-        buckets = current_buckets if buckets is _UNSET else buckets
-        margin = current_margin if margin is _UNSET else margin
-        padding_stride = self.padding_stride() if padding_stride is _UNSET else padding_stride
-        check_context(buckets, margin, self.full_frames() * MEL_FRAME_SECONDS)
-        check_padding_stride(padding_stride, self.config.max_source_positions)
-        self._context_override = (None if buckets is None else [float(b) for b in buckets], float(margin))
-        self._stride_override = padding_stride
-        try:
-            yield self
-        finally:
-            self._context_override, self._stride_override = previous
+    def context_settings(self) -> ContextSettings:
+        """The config's context settings (what a call without `encoder_context` runs on)."""
+        return ContextSettings.from_config(self.config)
 
-    def padding_stride(self) -> int:
-        """The encoder padding stride in force now (see `padding_groups`); 1: every frame."""
-        if self._stride_override is not None:
-            return self._stride_override
-        return getattr(self.config, "encoder_padding_stride", 1)
-
-    def context_settings(self):
-        """(buckets or None, margin in seconds) in force now."""
-        if self._context_override is not None:
-            return self._context_override
-        return self.config.encoder_context_buckets, self.config.encoder_context_margin
-
-    def context_input(self, input_features, attention_mask=None):
-        """The features cut or padded to the context the encoder runs on: the data-dependent step of `forward` (it
-        reads the audio's length), apart from `encode`, whose shapes then follow from the input's (CUDA graphs). Without
-        the padding stride: `encode` alone then runs every frame."""
-        return self._context_plan(input_features, attention_mask)[0]
-
-    def _context_plan(self, input_features, attention_mask=None):
-        """(features at the context, encoder frames that hold the audio plus the margin, or None when the encoder runs
-        every frame: no bucket and no padding stride)."""
+    def context_plan(self, input_features, attention_mask=None, encoder_context=None) -> ContextPlan:
+        """The plan for these features: `encoder_context` itself when it is a plan, else planned with it (settings)
+        or with the config's settings. The one data-dependent step (it reads the audio's length); `encode`'s shapes
+        then follow from the plan (CUDA graphs)."""
         full = self.full_frames()
         if input_features.shape[-1] > full:
-            raise ValueError(f"the encoder takes at most {full} mel frames ({full * MEL_FRAME_SECONDS:g} s), got "
+            raise ValueError(f"the encoder takes at most {full} mel frames ({full // 100} s), got "
                              f"{input_features.shape[-1]}: long-form audio goes through generate(), 30 s at a time")
-        buckets, margin = self.context_settings()
-        need = None
-        if buckets is not None or self.padding_stride() > 1:
-            need = int(audio_frames(input_features, attention_mask).max()) + round(margin / MEL_FRAME_SECONDS)
-        frames = context_frames(input_features, attention_mask, buckets, margin, full, need)
-        if frames < input_features.shape[-1]:
-            input_features = input_features[..., :frames]
-        elif frames > input_features.shape[-1]:  # features cut short (padding="longest"): pad as the extractor would
-            input_features = torch.cat([input_features, padding_frames(input_features, frames)], dim=-1)
-        stride_applies = need is not None and self.padding_stride() > 1
-        return input_features, (-(-need // 2) if stride_applies else None)  # two mel frames an encoder frame
+        if isinstance(encoder_context, ContextPlan):
+            return encoder_context
+        settings = self.context_settings() if encoder_context is None else encoder_context
+        if not isinstance(settings, ContextSettings):
+            raise TypeError(f"encoder_context must be a ContextPlan or ContextSettings, got {type(settings).__name__}")
+        return settings.plan_features(input_features, attention_mask)
 
     @modeling_whisper.merge_with_config_defaults
     @modeling_whisper.capture_outputs
-    def forward(self, input_features, attention_mask=None, **kwargs):
-        features, dense_frames = self._context_plan(input_features, attention_mask)
-        hidden_states = self.encode(features, dense_frames=dense_frames, **kwargs)
+    def forward(self, input_features, attention_mask=None, encoder_context=None, **kwargs):
+        plan = self.context_plan(input_features, attention_mask, encoder_context)
+        hidden_states = self.encode(fit_features(input_features, plan), plan, **kwargs)
         return modeling_whisper.BaseModelOutput(last_hidden_state=hidden_states)
 
-    def encode(self, input_features, dense_frames=None, **kwargs):
+    def encode(self, input_features, plan: ContextPlan | None = None, **kwargs):
         """Last hidden state [B, frames / 2, d] of features already at their context: stem, sliced positions, layers.
-        With `dense_frames` and a padding stride in force, the frames after the first `dense_frames` are computed one
-        in `padding_stride()` (`padding_groups`) and repeated over their groups in the output."""
+        Where the plan strides the padding, the positions past its dense ones are computed one in `plan.stride`
+        (`padding_groups`) and repeated over their groups in the output: every row of a group is then equal, and a
+        decoder may project each run of equal rows once (liteasr_hf.cpu's lean layers do)."""
         inputs_embeds = F.gelu(self.conv1(input_features))
         inputs_embeds = F.gelu(self.conv2(inputs_embeds)).permute(0, 2, 1)
         hidden_states = inputs_embeds + self.embed_positions.weight[: inputs_embeds.shape[1]]
         hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
-        frames, counts, key_weights = hidden_states.shape[1], None, None
-        stride = self.padding_stride()
-        # flash-attention implementations take no additive mask: they run every frame
-        if (dense_frames is not None and stride > 1 and dense_frames < frames - 1
-                and self.config._attn_implementation in (ATTN_IMPLEMENTATION, "sdpa", "eager")):
-            index, counts = padding_groups(frames, dense_frames, stride, hidden_states.device)
+        frames = hidden_states.shape[1]
+        # flash-attention implementations take no additive bias: they run every frame
+        groups = None
+        if plan is not None and self.config._attn_implementation in (ATTN_IMPLEMENTATION, "sdpa", "eager"):
+            groups = plan.groups(hidden_states.device)
+        key_weights = None
+        if groups is not None:
+            index, counts = groups
             hidden_states = hidden_states[:, index]
-            key_weights = counts.to(hidden_states.dtype).log().view(1, 1, 1, -1)
+            key_weights = counts.to(hidden_states.dtype).log()  # [N]: each row counts `count` times in attention
         for encoder_layer in self.layers:  # as WhisperEncoder.forward, LayerDrop included
             if not (self.training and self.layerdrop > 0.0 and torch.rand([]) < self.layerdrop):
-                hidden_states = encoder_layer(hidden_states, key_weights, **kwargs)
+                hidden_states = encoder_layer(hidden_states, None, key_weights=key_weights, **kwargs)
         hidden_states = self.layer_norm(hidden_states)
-        if counts is not None:  # every position back, so that the decoder (and word timestamps) see the whole context
-            hidden_states = hidden_states.repeat_interleave(counts, dim=1, output_size=frames)
-            # A decoder that knows may project each group once (liteasr_hf.cpu's lean layers do); transformers' own
-            # never looks, and a copy of the tensor (beam expansion, batch slicing) drops the note.
-            hidden_states.padding_counts = counts
+        if groups is not None:  # every position back, so that the decoder (and word timestamps) see the whole context
+            hidden_states = hidden_states.repeat_interleave(groups[1], dim=1, output_size=frames)
         return hidden_states
 
 
@@ -536,12 +446,41 @@ class _BeginOnlySuppressTokens(SuppressTokensAtBeginLogitsProcessor):
         return super().__call__(input_ids, scores)
 
 
+# Whisper's threshold (openai/whisper transcribe.py) for gzip compression of the text; here of the token ids.
+COMPRESSION_RATIO_THRESHOLD = 2.4
+
+
+def repetition_suspected(tokens, eos_token_id, max_new_tokens: int | None = None, min_tokens: int = 24) -> bool:
+    """Whether a row of Whisper's generate output (text and timestamp tokens, padded with `eos_token_id`; the prompt
+    and the closing <|endoftext|> are not returned) looks like a repetition loop: it holds `max_new_tokens` - 1 tokens
+    or more (it ran into the limit), or its text tokens compress more than `COMPRESSION_RATIO_THRESHOLD` (zlib over
+    their bytes, as transformers' Whisper fallback measures tokens). Rows shorter than `min_tokens` do not compress
+    either way."""
+    tokens = [t for t in tokens if t != eos_token_id]
+    if max_new_tokens is not None and len(tokens) >= max_new_tokens - 1:
+        return True
+    text = [t for t in tokens if eos_token_id is None or t < eos_token_id]  # special and timestamp tokens come after
+    if len(text) < min_tokens:
+        return False
+    data = b"".join(t.to_bytes(2, "little") for t in text)  # every Whisper vocabulary fits in 16 bits
+    return len(data) / len(zlib.compress(data)) > COMPRESSION_RATIO_THRESHOLD
+
+
+@dataclass
+class LoopGuardCount:
+    """Rows the loop guard decoded again, and rows still suspect after that, since the model was loaded."""
+
+    fallbacks: int = 0
+    loops: int = 0
+
+
 class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperForConditionalGeneration):
     _tied_weights_keys = {"proj_out.weight": "model.decoder.embed_tokens.weight"}
 
     def __init__(self, config: LiteWhisperConfig):
         super().__init__(config)
         self.model = LiteWhisperModel(config)
+        self.loop_guard = LoopGuardCount()
         self.post_init()
 
     @classmethod
@@ -594,7 +533,12 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Self-contained checkpoint: also writes auto_map, the ASR custom pipeline and the code files, so that
         `trust_remote_code=True` alone loads it. Processor files are saved by the processor's owner (see
-        `liteasr_hf.save_lite_checkpoint`)."""
+        `liteasr_hf.save_lite_checkpoint`). A model carrying inference-only modules (liteasr_hf.optimize_for_cpu's)
+        is refused: their weights are fused, quantized or cast, and their code is not in the checkpoint."""
+        swapped = sorted({type(m).__name__ for m in self.modules() if getattr(m, "inference_only", False)})
+        if swapped:
+            raise ValueError(f"this model carries inference-only modules ({', '.join(swapped)}, from optimize_for_cpu): "
+                             "save the model as loaded, before optimizing it")
         self.config.auto_map = {
             "AutoConfig": "configuration_lite_whisper.LiteWhisperConfig",
             "AutoModel": "modeling_lite_whisper.LiteWhisperForConditionalGeneration",
@@ -612,13 +556,65 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
         for path in [__file__, *get_relative_import_files(__file__)]:
             shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
 
-    def generate(self, *args, encoder_context_buckets=_UNSET, encoder_context_margin=_UNSET,
-                 encoder_padding_stride=_UNSET, **kwargs):
-        """Whisper's `generate`; `encoder_context_buckets` (seconds, or None for the full 30 s window),
-        `encoder_context_margin` and `encoder_padding_stride` override the config's dynamic encoder context for this
-        call."""
-        with self.model.encoder.encoder_context(encoder_context_buckets, encoder_context_margin, encoder_padding_stride):
-            return super().generate(*args, **kwargs)
+    def generate(self, input_features=None, *args, encoder_context=None, encoder_context_buckets=_UNSET,
+                 encoder_context_margin=_UNSET, encoder_padding_stride=_UNSET, guard_loops=True, **kwargs):
+        """Whisper's `generate` on the encoder context the config asks for, or for this call `encoder_context` (a
+        `ContextSettings` or `ContextPlan`) or any of `encoder_context_buckets` (seconds, or None for the full 30 s
+        window), `encoder_context_margin`, `encoder_padding_stride`.
+
+        Loop guard: where a shortened context was in force, a row that ran into the token limit or whose tokens
+        compress like a repetition (`repetition_suspected`) is decoded again on the full window, every frame: a
+        clip near the top of its bucket leaves the decoder little padding to see the speech end. `loop_guard`
+        counts the rows decoded again (`.fallbacks`) and those still suspect after it (`.loops`). `guard_loops=False`
+        skips it (fixed-length decoding, where every row runs into the limit by design)."""
+        overrides = {name: value for name, value in (("buckets", encoder_context_buckets), ("margin", encoder_context_margin),
+                                                     ("padding_stride", encoder_padding_stride)) if value is not _UNSET}
+        if overrides:
+            if encoder_context is not None:
+                raise ValueError("give encoder_context or the encoder_context_* / encoder_padding_stride overrides, not both")
+            encoder_context = self.model.encoder.context_settings().replace(**overrides)
+        if encoder_context is not None:
+            kwargs["encoder_context"] = encoder_context
+        out = super().generate(input_features, *args, **kwargs)
+        if (not guard_loops or input_features is None or not torch.is_tensor(out)
+                or input_features.shape[-1] > self.model.encoder.full_frames()):
+            return out
+        return self._guard_loops(out, input_features, args, kwargs)
+
+    def _guard_loops(self, sequences, input_features, args, kwargs):
+        full = ContextPlan(self.model.encoder.full_frames())
+        context = kwargs.get("encoder_context")
+        if context is None:
+            context = self.model.encoder.context_settings()
+        if context == full or (isinstance(context, ContextSettings) and not context.dynamic):
+            return sequences
+        batch = input_features.shape[0]
+        if any(torch.is_tensor(v) and v.dim() and v.shape[0] == batch for k, v in kwargs.items() if k != "attention_mask"):
+            return sequences  # other per-row inputs: not sliced here
+        eos = self.generation_config.eos_token_id
+        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        limit = kwargs.get("max_new_tokens") or self.generation_config.max_new_tokens
+        if limit is None:  # the prompt (<|startoftranscript|>, language, task, <|notimestamps|>) counts in max_length
+            limit = (kwargs.get("max_length") or self.generation_config.max_length) - 4
+        rows = [i for i in range(batch) if repetition_suspected(sequences[i].tolist(), eos, limit)]
+        if not rows:
+            return sequences
+        again = dict(kwargs, encoder_context=full)
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            again["attention_mask"] = mask[rows]
+        redone = WhisperForConditionalGeneration.generate(self, input_features[rows], *args, **again)
+        self.loop_guard.fallbacks += len(rows)
+        self.loop_guard.loops += sum(repetition_suspected(r.tolist(), eos, limit) for r in redone)
+        logger.info("loop guard: %d of %d rows decoded again on the full window", len(rows), batch)
+        pad = self.generation_config.pad_token_id if self.generation_config.pad_token_id is not None else eos
+        width = max(sequences.shape[1], redone.shape[1])
+        merged = sequences.new_full((batch, width), pad)
+        merged[:, : sequences.shape[1]] = sequences
+        for j, i in enumerate(rows):
+            merged[i] = pad
+            merged[i, : redone.shape[1]] = redone[j]
+        return merged
 
     def _retrieve_logit_processors(self, *args, **kwargs):
         # Whisper's generate builds its token-suppression processors here; swap in versions that skip rebuilding the

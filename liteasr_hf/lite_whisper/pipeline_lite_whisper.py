@@ -17,9 +17,19 @@ class LiteWhisperASRPipeline(AutomaticSpeechRecognitionPipeline):
     def _sanitize_parameters(self, **kwargs):
         # Pipeline.__init__ calls this right after AutomaticSpeechRecognitionPipeline.__init__ chose self.type, and
         # before anything reads it: the one place to correct the choice without copying __init__.
-        if self.model.config.model_type == LITE_MODEL_TYPE:
+        lite = self.model.config.model_type == LITE_MODEL_TYPE
+        if lite:
             self.type = "seq2seq_whisper"
-        return super()._sanitize_parameters(**kwargs)
+        preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
+        # Chunked audio (chunk_length_s): decode every chunk WITH timestamp tokens unless the caller chose. Without
+        # them Whisper decodes a 30 s chunk in its no-timestamps mode, which can stop after the first sentence or
+        # loop to max_length (448 tokens) on a chunk that starts mid-sentence, and the chunks are then joined by a
+        # token-overlap match that has no timing to anchor it: a loop is kept whole, and neighbours that disagree on
+        # the 10 s they share are cut at a spurious match. With timestamps the merge skips tokens inside each
+        # chunk's strides. Only the decoding changes: the output stays text only unless return_timestamps is given.
+        if lite and preprocess.get("chunk_length_s") and "return_timestamps" not in forward:
+            forward["return_timestamps"] = True
+        return preprocess, forward, postprocess
 
     def preprocess(self, inputs, **kwargs):
         # Checked on the log-mel features: the stock preprocess has decoded, resampled and downmixed by then, whatever
