@@ -27,7 +27,11 @@ class LiteWhisperASRPipeline(AutomaticSpeechRecognitionPipeline):
         # token-overlap match that has no timing to anchor it: a loop is kept whole, and neighbours that disagree on
         # the 10 s they share are cut at a spurious match. With timestamps the merge skips tokens inside each
         # chunk's strides. Only the decoding changes: the output stays text only unless return_timestamps is given.
-        if lite and preprocess.get("chunk_length_s") and "return_timestamps" not in forward:
+        # The chunk length may come with this call or from the pipeline's construction (`_preprocess_params`); some
+        # transformers versions put the generation config's `return_timestamps=False` in `forward` on every call, so
+        # only the caller's own choice counts.
+        chunked = preprocess.get("chunk_length_s") or getattr(self, "_preprocess_params", {}).get("chunk_length_s")
+        if lite and chunked and kwargs.get("return_timestamps") is None:
             forward["return_timestamps"] = True
         return preprocess, forward, postprocess
 
