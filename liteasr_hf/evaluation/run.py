@@ -19,7 +19,7 @@ import torch
 
 from ..audio import SAMPLING_RATE, Clip, load_clips
 from ..generation import MAX_NEW_TOKENS, generate_kwargs, quiet_length_warning
-from ..lite_whisper.context_lite_whisper import ContextPlan
+from ..lite_whisper.context_lite_whisper import ContextPlan, pop_context
 from .flops import encoder_cost
 from .wer import wer_difference, word_errors
 
@@ -136,19 +136,15 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequ
 
 
 def context_kwargs(model, gen: dict) -> dict:
-    """`gen` (generate keywords) with a lite model's per-call encoder context as one `encoder_context`: gen's own (a
-    `ContextSettings` or `ContextPlan`), or the model's settings with gen's `encoder_context_buckets` /
-    `encoder_context_margin` / `encoder_padding_stride` applied (validated). A dense model's, or one without any
-    context key, unchanged."""
-    keys = {"encoder_context_buckets": "buckets", "encoder_context_margin": "margin", "encoder_padding_stride": "padding_stride"}
-    overrides = {keys[k]: v for k, v in gen.items() if k in keys}
+    """`gen` (generate keywords) with a lite model's per-call encoder context as one `encoder_context` (`pop_context`:
+    gen's own, or the model's settings with gen's `encoder_context_*` / `encoder_padding_stride` applied); a dense
+    model's unchanged."""
     encoder = model.get_encoder()
-    if not overrides or getattr(encoder, "context_settings", None) is None:
+    if getattr(encoder, "context_settings", None) is None:
         return gen
-    if gen.get("encoder_context") is not None:
-        raise ValueError("give encoder_context or the encoder_context_* / encoder_padding_stride keys, not both")
-    gen = {k: v for k, v in gen.items() if k not in keys}
-    return dict(gen, encoder_context=encoder.context_settings().replace(**overrides))
+    gen = dict(gen)
+    context = pop_context(encoder.context_settings(), gen)
+    return gen if context is None else dict(gen, encoder_context=context)
 
 
 def feature_window(model, feature_extractor, samples: int, gen: dict) -> int:

@@ -133,6 +133,23 @@ class ContextSettings:
         return self.plan(int(audio_frames(input_features, attention_mask).max()))
 
 
+# generate()'s per-call overrides of a config's context settings, by keyword
+OVERRIDE_KEYWORDS = {"encoder_context_buckets": "buckets", "encoder_context_margin": "margin",
+                     "encoder_padding_stride": "padding_stride"}
+
+
+def pop_context(settings: ContextSettings, kwargs: dict):
+    """Take the encoder context one call asks for out of its keyword arguments: `encoder_context` (a ContextSettings or
+    ContextPlan), or `settings` with any of `OVERRIDE_KEYWORDS` applied (validated); None when it asks for none."""
+    overrides = {OVERRIDE_KEYWORDS[k]: kwargs.pop(k) for k in list(kwargs) if k in OVERRIDE_KEYWORDS}
+    context = kwargs.pop("encoder_context", None)
+    if overrides:
+        if context is not None:
+            raise ValueError("give encoder_context or the encoder_context_* / encoder_padding_stride overrides, not both")
+        context = settings.replace(**overrides)
+    return context
+
+
 def audio_frames(input_features, attention_mask=None):
     """Mel frames per row [B] up to the last one holding audio. From the feature extractor's attention mask where it
     matches the features (the pipeline and long-form generate pass one for the whole recording, which does not match

@@ -38,12 +38,11 @@ from transformers.models.whisper.modeling_whisper import (
 from .attention_lite_whisper import attention_core
 from .generation_config_lite_whisper import complete_whisper_generation_config
 from .configuration_lite_whisper import LOW_RANK_SHAPES, LiteWhisperConfig, projection_path
-from .context_lite_whisper import ContextPlan, ContextSettings, fit_features
+from .context_lite_whisper import ContextPlan, ContextSettings, fit_features, pop_context
 from .pipeline_lite_whisper import LiteWhisperASRPipeline, register_asr_pipeline
 
 ATTN_IMPLEMENTATION = "liteasr"
 logger = logging.getLogger(__name__)
-_UNSET = object()
 
 
 class LowRankLinear(nn.Module):
@@ -556,25 +555,20 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
         for path in [__file__, *get_relative_import_files(__file__)]:
             shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
 
-    def generate(self, input_features=None, *args, encoder_context=None, encoder_context_buckets=_UNSET,
-                 encoder_context_margin=_UNSET, encoder_padding_stride=_UNSET, guard_loops=True, **kwargs):
+    def generate(self, input_features=None, *args, **kwargs):
         """Whisper's `generate` on the encoder context the config asks for, or for this call `encoder_context` (a
         `ContextSettings` or `ContextPlan`) or any of `encoder_context_buckets` (seconds, or None for the full 30 s
-        window), `encoder_context_margin`, `encoder_padding_stride`.
+        window), `encoder_context_margin`, `encoder_padding_stride` (`pop_context`).
 
         Loop guard: where a shortened context was in force, a row that ran into the token limit or whose tokens
         compress like a repetition (`repetition_suspected`) is decoded again on the full window, every frame: a
         clip near the top of its bucket leaves the decoder little padding to see the speech end. `loop_guard`
-        counts the rows decoded again (`.fallbacks`) and those still suspect after it (`.loops`). `guard_loops=False`
-        skips it (fixed-length decoding, where every row runs into the limit by design)."""
-        overrides = {name: value for name, value in (("buckets", encoder_context_buckets), ("margin", encoder_context_margin),
-                                                     ("padding_stride", encoder_padding_stride)) if value is not _UNSET}
-        if overrides:
-            if encoder_context is not None:
-                raise ValueError("give encoder_context or the encoder_context_* / encoder_padding_stride overrides, not both")
-            encoder_context = self.model.encoder.context_settings().replace(**overrides)
-        if encoder_context is not None:
-            kwargs["encoder_context"] = encoder_context
+        counts the rows decoded again (`.fallbacks`) and those still suspect after it (`.loops`);
+        `guard_loops=False` turns it off."""
+        guard_loops = kwargs.pop("guard_loops", True)
+        context = pop_context(self.model.encoder.context_settings(), kwargs)
+        if context is not None:
+            kwargs["encoder_context"] = context
         out = super().generate(input_features, *args, **kwargs)
         if (not guard_loops or input_features is None or not torch.is_tensor(out)
                 or input_features.shape[-1] > self.model.encoder.full_frames()):

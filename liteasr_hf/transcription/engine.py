@@ -360,21 +360,19 @@ class Transcriber:
         fe = self.processor.feature_extractor
         if not len(audio):
             return Transcription("", language, [], 0.0, info=info)
-        feats = fe(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=False, padding="longest",
-                   return_attention_mask=True)
-        features = feats.input_features
-        if features.shape[-1] < fe.nb_max_frames:
-            feats = fe(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt", return_attention_mask=True)
-            features = feats.input_features
+        if self.multilingual and language is None:  # once, from the first 30 s, rather than per window
+            language = self._detect_language(audio, [Piece(0, min(len(audio), fe.n_samples))])
+        long = len(audio) > fe.n_samples
+        feats = fe(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=not long,
+                   padding="longest" if long else "max_length", return_attention_mask=True)
         kw = self._generate_kwargs(language, task, None)
         kw.pop("max_new_tokens")
-        kw.update(return_timestamps=True, return_segments=True, condition_on_prev_tokens=True,
-                  temperature=(0.0,) + FALLBACK_TEMPERATURES, compression_ratio_threshold=1.35, logprob_threshold=-1.0,
-                  no_speech_threshold=0.6)
-        if features.shape[-1] <= fe.nb_max_frames:  # one window: no conditioning to do
-            kw.pop("condition_on_prev_tokens")
+        kw.update(return_timestamps=True, return_segments=True, temperature=(0.0,) + FALLBACK_TEMPERATURES,
+                  compression_ratio_threshold=1.35, logprob_threshold=-1.0, no_speech_threshold=0.6)
+        if long:  # one window has nothing to be conditioned on
+            kw["condition_on_prev_tokens"] = True
         with torch.inference_mode():
-            out = self.model.generate(features.to(self.device, self.model.dtype),
+            out = self.model.generate(feats.input_features.to(self.device, self.model.dtype),
                                       attention_mask=feats.attention_mask.to(self.device), **kw)
         segments = []
         for seg in out["segments"][0] if isinstance(out, dict) and "segments" in out else []:
@@ -384,8 +382,6 @@ class Transcriber:
         if not segments and isinstance(out, dict) and "sequences" in out:
             text = self._text(out["sequences"][0])
             segments = [Segment(0.0, round(len(audio) / SAMPLING_RATE, 3), text)] if text else []
-        if self.multilingual and language is None:
-            language = self._detect_language(audio, [Piece(0, min(len(audio), 30 * SAMPLING_RATE))])
         return Transcription(" ".join(s.text for s in segments), language, segments, 0.0, info=info)
 
 
