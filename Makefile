@@ -1,7 +1,8 @@
 # Two setup commands do everything on a fresh machine: `make demo` and `make test`.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# The CPU build of torch 2.13.0 lies on this workplace's disk; elsewhere override, e.g. `make TORCH=torch test`.
+# The torch pip installs before the package: 2.13.0, the version the tests are run with (pip takes whichever build
+# its index offers, e.g. the CPU build from PyTorch's CPU index); override it, e.g. `make TORCH=torch test`.
 TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1

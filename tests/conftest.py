@@ -1,4 +1,5 @@
-"""Shared fixtures: the bundled real tiny.en and the speech-dev set (tiny random models: modeling_utils.py)."""
+"""Shared fixtures: the bundled real tiny.en, the speech-dev set and the tiny models' processor (tiny random models
+and other helpers: modeling_utils.py)."""
 
 import os
 
@@ -30,6 +31,14 @@ def speech_dev() -> str:
     if not os.path.isfile(os.path.join(SPEECH_DEV, "metadata.csv")):
         pytest.skip(f"{SPEECH_DEV} not present")
     return os.path.abspath(SPEECH_DEV)
+
+
+@pytest.fixture(scope="session")
+def processor(tmp_path_factory):
+    """The tiny models' Whisper processor (byte-level vocabulary, 1 s window: modeling_utils.tiny_processor)."""
+    from modeling_utils import tiny_processor
+
+    return tiny_processor(tmp_path_factory.mktemp("processor"))
 
 
 @pytest.fixture

@@ -174,6 +174,18 @@ def shipped(prefix):
     return [c for c in load_clips(BUNDLED_CLIPS, text_column=None) if c.id.startswith(prefix)]
 
 
+def lite_and_dense_pipelines(lite, dense, processor):
+    """ASR pipelines over `lite` and `dense` with one processor, and the list to which each call of the lite
+    encoder's first layer appends the positions it saw: (lite pipeline, dense pipeline, positions)."""
+    from transformers import pipeline
+
+    make = lambda model: pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+                                  feature_extractor=processor.feature_extractor)
+    seen = []
+    lite.get_encoder().layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    return make(lite), make(dense), seen
+
+
 # The loop guard is off here: at 2 new tokens every row runs into the limit and would be decoded again on the full
 # window (an extra 50-position run); these runs count the positions of the context asked for.
 FRESH_PROCESS = r"""

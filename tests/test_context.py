@@ -21,12 +21,12 @@ from liteasr_hf.lite_whisper.context_lite_whisper import (
 from modeling_utils import (
     SAMPLING_RATE,
     features,
+    lite_and_dense_pipelines,
     lite_model,
     positions_in_fresh_process,
     shipped,
     tiny_audio,
     tiny_config,
-    tiny_processor,
 )
 
 
@@ -37,11 +37,6 @@ def trimmed_reference(model, frames):
     encoder.config.max_source_positions = frames // 2
     encoder.embed_positions = nn.Embedding.from_pretrained(encoder.embed_positions.weight[: frames // 2].clone())
     return ref
-
-
-@pytest.fixture(scope="module")
-def processor(tmp_path_factory):
-    return tiny_processor(tmp_path_factory.mktemp("processor"))
 
 
 def test_full_context_gives_todays_outputs(processor):
@@ -400,16 +395,11 @@ def test_pipeline_long_form_batches_and_timestamps_under_dynamic_context(real_co
     the full-window model; word times stay within 0.1 s of the full window's (the DTW runs over the same positions:
     the trimmed ones held only padding)."""
     import numpy as np
-    from transformers import pipeline
 
     dense, lite, processor = real_context_model
     audio = np.concatenate([c.audio for c in shipped("jfk") + shipped("librivox")])
     assert 35 < len(audio) / 16_000 < 40
-    make = lambda model: pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
-                                  feature_extractor=processor.feature_extractor)
-    ours, theirs = make(lite), make(dense)
-    seen = []
-    lite.get_encoder().layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    ours, theirs, seen = lite_and_dense_pipelines(lite, dense, processor)
     gen = {"num_beams": 1}
     # sequential: full windows, then a short last one; chunked (30 s chunks, 5 s strides: 0-30 s, 20-36 s): batched,
     # both run at the longer chunk's full window; one at a time, the second runs at the 20 s bucket. Chunks are

@@ -13,14 +13,15 @@ from torch import nn
 
 from liteasr_hf import LiteWhisperConfig, LiteWhisperForConditionalGeneration, LowRankLinear, optimize_for_cpu
 from liteasr_hf.lite_whisper.context_lite_whisper import ContextPlan, ContextSettings, padding_groups
-from modeling_utils import features, lite_model, positions_in_fresh_process, random_factors, shipped, tiny_whisper
-
-
-@pytest.fixture(scope="module")
-def processor(tmp_path_factory):
-    from modeling_utils import tiny_processor
-
-    return tiny_processor(tmp_path_factory.mktemp("processor"))
+from modeling_utils import (
+    features,
+    lite_and_dense_pipelines,
+    lite_model,
+    positions_in_fresh_process,
+    random_factors,
+    shipped,
+    tiny_whisper,
+)
 
 
 def test_padding_groups():
@@ -183,16 +184,11 @@ def test_real_speech_long_form_and_word_timestamps_with_padding_stride(real_cont
     ~3 s of padding groups). The same text; word times within 0.1 s (DTW over the same 20 ms positions, the speech's
     own unchanged in kind)."""
     import numpy as np
-    from transformers import pipeline
 
     dense, lite, processor = real_context_model
     lite = copy.deepcopy(lite)
     lite.config.encoder_padding_stride = 4
-    make = lambda model: pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
-                                  feature_extractor=processor.feature_extractor)
-    ours, theirs = make(lite), make(dense)
-    seen = []
-    lite.get_encoder().layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    ours, theirs, seen = lite_and_dense_pipelines(lite, dense, processor)
     gen = {"num_beams": 1}
     audio = np.concatenate([c.audio for c in shipped("jfk") + shipped("librivox")])
     got, want = (p(audio.copy(), return_timestamps=True, generate_kwargs=gen) for p in (ours, theirs))
