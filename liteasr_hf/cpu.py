@@ -126,6 +126,13 @@ def dynamic_int8_pack(weight_int8, scale):
         return None
 
 
+# From this many rows on, the bf16 output projection (`PackedLinear`) is faster than int8 with its top recomputed: the
+# int8 product quantizes every row and the recomputation gathers 16 weight rows a row, while the bf16 product reads
+# its weight once for all rows (one thread of an AMX Xeon, caches cold: 1 row 3.4 against 5.0 ms, 4 rows 4.6 against
+# 5.1, 8 rows 6.2 against 5.2, 16 rows 8.2 against 5.4).
+WIDE_ROWS = 8
+
+
 class Int8Logits(Int8Linear):
     """The output projection in int8, with each row's `exact_top_k` largest logits recomputed from the unquantized
     weight (Whisper ties it to the token embedding, which stays). Greedy decoding and the logits processors that
@@ -142,6 +149,7 @@ class Int8Logits(Int8Linear):
     def __init__(self, linear: nn.Linear, exact_top_k: int = 16, dynamic: bool = True):
         super().__init__(linear)
         self.full_weight, self.exact_top_k = linear.weight, exact_top_k  # shared with embed_tokens: no copy
+        self.wide = None  # the full product for WIDE_ROWS rows or more (`pack_decoder_linears_`)
         # the same int8 values and scales as the weight-only kernel's, so the two differ only in the activations
         self.packed = dynamic_int8_pack(self.weight, self.scale.float()) if dynamic else None
         if self.packed is not None:
@@ -166,6 +174,8 @@ class Int8Logits(Int8Linear):
         return super().forward(x)
 
     def forward(self, x):
+        if self.wide is not None and x.numel() >= WIDE_ROWS * self.in_features:
+            return self.wide(x)
         logits = self.approximate(x)
         flat, rows = logits.view(-1, self.out_features), x.reshape(-1, self.in_features)
         top = flat.topk(min(self.exact_top_k, self.out_features), dim=-1).indices
@@ -231,7 +241,8 @@ def can_pack_linears() -> bool:
 
 def pack_decoder_linears_(model):
     """In place: the bf16 products of each lean decoder layer's step (fused q/k/v, the attention outputs, the
-    cross-attention query, the MLP) as `PackedLinear`s. The cross-attention keys / values stay: they run once per
+    cross-attention query, the MLP) as `PackedLinear`s, and the bf16 output projection for wide batches
+    (`Int8Logits.wide`). The cross-attention keys / values stay: they run once per
     clip on every encoder frame, where `F.linear` is as fast."""
     for layer in model.model.decoder.layers:
         owners = [(layer, "qkv_proj"), (layer.self_attn, "out_proj"), (layer.encoder_attn, "q_proj"),
@@ -240,6 +251,9 @@ def pack_decoder_linears_(model):
             child = getattr(owner, name, None)
             if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16:
                 setattr(owner, name, PackedLinear(child))
+    logits = model.proj_out
+    if isinstance(logits, Int8Logits) and logits.full_weight.dtype == torch.bfloat16 and logits.wide is None:
+        logits.wide = PackedLinear(logits.exact_linear())
     return model
 
 
@@ -303,6 +317,21 @@ def equal_row_groups(states):
     return starts, counts
 
 
+class RowGroups:
+    """(`equal_row_groups`, the encoder rows that start a group) of the last encoder output asked about, shared by a
+    decoder's layers: each layer fills its cross-attention cache from the same output, and the comparison reads all of
+    it (8 rows of 20 s: 11 ms a layer)."""
+
+    def __init__(self):
+        self._states, self._result = None, None
+
+    def __call__(self, states):
+        if self._states is None or self._states() is not states:
+            groups = equal_row_groups(states)
+            self._states, self._result = weakref.ref(states), (groups, states if groups is None else states[:, groups[0]])
+        return self._result
+
+
 class LeanDecoderLayer(WhisperDecoderLayer):
     """Transformers' `WhisperDecoderLayer` for generation, swapped in for it (`lean_decoder_`) over the same
     submodules: the same computation and cache updates with less around them (at batch 1 a step's cost is as much
@@ -314,7 +343,7 @@ class LeanDecoderLayer(WhisperDecoderLayer):
 
     inference_only = True
 
-    def __init__(self, layer: WhisperDecoderLayer):
+    def __init__(self, layer: WhisperDecoderLayer, row_groups: RowGroups | None = None):
         nn.Module.__init__(self)
         self.__dict__.update({k: v for k, v in vars(layer).items() if not k.startswith("_")})
         for name, child in layer.named_children():
@@ -324,6 +353,7 @@ class LeanDecoderLayer(WhisperDecoderLayer):
         # The cross-attention cache this layer filled grouped (float32, one row per group) and its key bias:
         # (cache layer, log-count bias or None). Kept here, not on transformers' cache object.
         self._grouped = None
+        self._row_groups = row_groups or RowGroups()
 
     def _grouped_bias(self, cache_layer):
         """The key bias of `cache_layer` when this layer filled it grouped, else False."""
@@ -371,8 +401,9 @@ class LeanDecoderLayer(WhisperDecoderLayer):
         x = _norm(self.encoder_attn_layer_norm, hidden_states)
         q = cross_attn.q_proj(x).view(heads).transpose(1, 2)
         if not cache.is_updated.get(idx):
-            groups = equal_row_groups(encoder_hidden_states)
-            states = encoder_hidden_states if groups is None else encoder_hidden_states[:, groups[0]]
+            groups, states = self._row_groups(encoder_hidden_states)
+            # contiguous per head: one query row reads each head's keys and values as one block (8 rows of 19 s,
+            # bf16, one thread: 0.70 against 1.09 ms a call as strided views of the projection)
             k = cross_attn.k_proj(states).view(heads).transpose(1, 2)
             v = cross_attn.v_proj(states).view(heads).transpose(1, 2)
             # At batch 1 kept in float32: torch's CPU attention for one query row was slow in bf16 (290 keys: 107 us
@@ -380,7 +411,8 @@ class LeanDecoderLayer(WhisperDecoderLayer):
             # larger batches a step reads every row's keys and values (8 pieces of 18 s: 30 MB a layer in float32),
             # and bf16 halves that (925 keys, 8 rows, one thread of an AMX Xeon: 0.72 against 1.38 ms a call).
             kv_dtype = torch.float32 if batch == 1 else hidden_states.dtype
-            cache.cross_attention_cache.update(k.to(kv_dtype), v.to(kv_dtype), idx)
+            dense = torch.contiguous_format
+            cache.cross_attention_cache.update(k.to(kv_dtype, memory_format=dense), v.to(kv_dtype, memory_format=dense), idx)
             cache.is_updated[idx] = True
             bias = None if groups is None else groups[1].to(kv_dtype).log().view(1, 1, 1, -1)
             self._grouped = (weakref.ref(cache.cross_attention_cache.layers[idx]), bias,
@@ -401,10 +433,10 @@ class LeanDecoderLayer(WhisperDecoderLayer):
 def lean_decoder_(model):
     """In place: each decoder layer replaced by a `LeanDecoderLayer` over the same submodules. The outputs are those
     of transformers' layer up to float rounding (the fused q/k/v product sums in another order)."""
-    layers = model.model.decoder.layers
+    layers, row_groups = model.model.decoder.layers, RowGroups()
     for i, layer in enumerate(layers):
         if not isinstance(layer, LeanDecoderLayer):
-            layers[i] = LeanDecoderLayer(layer)
+            layers[i] = LeanDecoderLayer(layer, row_groups)
     return model
 
 

@@ -3,6 +3,7 @@ long synthetic recording cut into VAD pieces, batched at their own contexts, tim
 loop guard; sequential long-form."""
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from liteasr_hf.lite_whisper import LiteWhisperForConditionalGeneration
 from liteasr_hf.lite_whisper.context_lite_whisper import ContextPlan
 from liteasr_hf.transcription import Transcriber, transcribe
 from liteasr_hf.transcription.engine import Piece, merge_speech, text_compression_ratio
+from liteasr_hf.transcription.greedy import decoder_prompt, greedy_decode
 
 GAPS = [0.3, 3.0, 0.5, 2.5, 1.0]  # seconds of silence after each clip but the last
 
@@ -112,11 +114,14 @@ def test_loop_guard_recovers_pieces_that_loop_at_a_short_context(tiny_lite, reco
     """A forced loop: the encoder's output negated whenever it runs on less than the full window (a stand-in for an
     encoder that goes wrong at the top of its bucket) makes every piece repeat itself to the token cap. The guard
     flags them, decodes them again on the full window (where the output is left alone) and counts them; the text is
-    then the unforced text."""
+    then the unforced text of the same pieces on the full window."""
     lite, processor = tiny_lite
     audio, _, _ = recording
     transcriber = Transcriber(lite, processor, batch_size=4, dtype="float32")
-    want = transcriber.transcribe(audio)
+    full_window = Transcriber(lite, processor, batch_size=4, dtype="float32",
+                              max_piece_seconds=transcriber.max_piece_seconds)
+    full_window.settings = full_window.settings.replace(buckets=None)
+    want = full_window.transcribe(audio)
 
     def negate_short(module, args, kwargs, out):
         if out.last_hidden_state.shape[1] < 1500:
@@ -130,6 +135,36 @@ def test_loop_guard_recovers_pieces_that_loop_at_a_short_context(tiny_lite, reco
         handle.remove()
     assert got.fallbacks == want.info["pieces"] == 3 and got.loops == 0
     assert got.text == want.text
+
+
+def test_greedy_decode_gives_generates_tokens_as_rows_leave(tiny_lite, recording):
+    """The batched decoding loop against Whisper's `generate` (greedy, same prompt and suppression) on the same
+    encoder input: the pieces end tens of tokens apart, so rows leave the batch mid-way; every row's tokens are
+    generate's exactly (float32; a row leaving changes no other row's arithmetic)."""
+    lite, processor = tiny_lite
+    audio, spans, _ = recording
+    transcriber = Transcriber(lite, processor, dtype="float32")
+    pieces = [audio[round(s * SAMPLING_RATE) : round(e * SAMPLING_RATE)] for s, e in spans]
+    plan = transcriber.settings.plan_samples(max(len(p) for p in pieces))
+    features, mask = transcriber._features(pieces, plan)
+    model = transcriber.model
+    with torch.inference_mode():
+        want = model.generate(features, attention_mask=mask, encoder_context=plan, max_new_tokens=96, guard_loops=False)
+        encoded = model.get_encoder()(features, attention_mask=mask, encoder_context=plan).last_hidden_state
+    got = greedy_decode(model, encoded, decoder_prompt(model.generation_config), 96)
+    eos = model.generation_config.eos_token_id
+    lengths = [len(g) for g in got]
+    assert max(lengths) - min(lengths) > 10  # rows did leave before the last one ended
+    assert [g.tolist() for g in got] == [[t for t in w.tolist() if t != eos] for w in want]
+
+
+def test_decoder_prompt_of_a_multilingual_model():
+    config = SimpleNamespace(decoder_start_token_id=50258, no_timestamps_token_id=50363, is_multilingual=True,
+                             lang_to_id={"<|en|>": 50259, "<|de|>": 50261}, task_to_id={"transcribe": 50359, "translate": 50358})
+    assert decoder_prompt(config, "German", "translate") == [50258, 50261, 50358, 50363]
+    assert decoder_prompt(config) == [50258, 50259, 50359, 50363]
+    with pytest.raises(ValueError, match="unknown language 'klingon'"):
+        decoder_prompt(config, "klingon")
 
 
 def test_bad_options_are_clear_errors(tiny_lite):

@@ -6,12 +6,12 @@ Whisper reads 30 s windows. A lite checkpoint's encoder reads only the context b
 where nobody speaks (Silero VAD), the speech is merged into pieces of at most `max_piece_seconds`, the pieces are
 sorted by length and decoded `batch_size` at a time, and each batch is planned once (`ContextSettings.plan_samples`
 over its longest piece): its features are computed only up to that context and the plan is passed to the encoder.
-Times come back in recording time. Whisper's sequential long-form decoding (each 30 s window conditioned on the text
+A batch is decoded greedily with rows leaving it as they end (`greedy_decode`). Times come back in recording time. Whisper's sequential long-form decoding (each 30 s window conditioned on the text
 before it) is `mode="sequential"`.
 
 Loop guard: a piece whose tokens ran into the token limit or repeat themselves (`repetition_suspected`), or whose
-text compresses like a repetition, is decoded again on the full window (the model's generate does this for lite
-models), then with temperature fallback as Whisper does; `Transcription.fallbacks` counts the pieces decoded again
+text compresses like a repetition, is decoded again on the full window, then with temperature fallback as Whisper
+does; `Transcription.fallbacks` counts the pieces decoded again
 and `.loops` those still repetitive.
 """
 
@@ -29,6 +29,7 @@ from ..audio import SAMPLING_RATE
 from ..generation import quiet_length_warning
 from ..lite_whisper.context_lite_whisper import ContextPlan, ContextSettings
 from ..lite_whisper.modeling_lite_whisper import COMPRESSION_RATIO_THRESHOLD, repetition_suspected
+from .greedy import decoder_prompt, greedy_decode
 from .result import Segment, Transcription, Word
 
 logger = logging.getLogger(__name__)
@@ -269,44 +270,48 @@ class Transcriber:
         max_new_tokens = min(int(TOKENS_PER_SECOND * longest / SAMPLING_RATE) + EXTRA_TOKENS,
                              self.model.config.max_target_positions // 2 - 8)
         kw = self._generate_kwargs(language, task, max_new_tokens)
-        guard = getattr(self.model, "loop_guard", None)
-        before = guard.fallbacks if guard is not None else 0
         with torch.inference_mode(), quiet_length_warning():
             seqs, words = self._run(features, mask, plan, kw, word_timestamps)
-        fallbacks = (guard.fallbacks - before) if guard is not None else 0
         texts = [self._text(s) for s in seqs]
         eos = self.model.generation_config.eos_token_id
         suspect = [i for i, (s, t) in enumerate(zip(seqs, texts)) if self._suspect(s, t, eos, max_new_tokens)]
-        loops = 0
-        if suspect:  # still repetitive (on the full window, where the model's guard ran): sample, as Whisper does
+        fallbacks = loops = 0
+        if suspect:  # on the full window, greedy and then sampling, as Whisper falls back
             full = ContextPlan(self.settings.full_frames)
-            sub_feats, sub_mask = self._features([batch[i] for i in suspect], full)
-            for i, f, m in zip(suspect, sub_feats.split(1), sub_mask.split(1)):
+            feats, masks = self._features([batch[i] for i in suspect], full)
+            with torch.inference_mode(), quiet_length_warning():
+                again, again_words = self._run(feats, masks, full, kw, word_timestamps)
+            for j, i in enumerate(suspect):
                 fallbacks += 1
-                # the model's own guard (lite models) already decoded greedily on the full window, except where it
-                # returns a dict (word timestamps)
-                temperatures = FALLBACK_TEMPERATURES if self.lite and not word_timestamps else (0.0, *FALLBACK_TEMPERATURES)
-                for temperature in temperatures:
-                    sample = dict(do_sample=True, temperature=temperature) if temperature else {}
-                    with torch.inference_mode(), quiet_length_warning():
-                        s, w = self._run(f, m, full, dict(kw, **sample), word_timestamps)
-                    if not self._suspect(s[0], self._text(s[0]), eos, max_new_tokens):
+                s, w = again[j], again_words[j]
+                for temperature in FALLBACK_TEMPERATURES:
+                    if not self._suspect(s, self._text(s), eos, max_new_tokens):
                         break
+                    with torch.inference_mode(), quiet_length_warning():
+                        (s,), (w,) = self._run(feats[j : j + 1], masks[j : j + 1], full,
+                                               dict(kw, do_sample=True, temperature=temperature), word_timestamps)
                 else:
-                    loops += 1
-                    logger.warning("a %.1f s piece still repeats itself after temperature fallback",
-                                   len(batch[i]) / SAMPLING_RATE)
-                seqs[i], texts[i], words[i] = s[0], self._text(s[0]), w[0]
+                    if self._suspect(s, self._text(s), eos, max_new_tokens):
+                        loops += 1
+                        logger.warning("a %.1f s piece still repeats itself after temperature fallback",
+                                       len(batch[i]) / SAMPLING_RATE)
+                seqs[i], texts[i], words[i] = s, self._text(s), w
         return {"texts": texts, "words": words, "fallbacks": fallbacks, "loops": loops, "plan": plan}
 
     def _run(self, features, mask, plan, kw, word_timestamps):
-        if self.lite:
-            kw = dict(kw, encoder_context=plan)
+        """Token rows (and words) of a batch. Greedy without word timestamps: `greedy_decode`, whose rows leave the
+        batch as they end; else Whisper's `generate`."""
+        context = {"encoder_context": plan} if self.lite else {}
+        if not word_timestamps and not kw.get("do_sample"):
+            encoded = self.model.get_encoder()(features, attention_mask=mask, **context).last_hidden_state
+            prompt = decoder_prompt(self.model.generation_config, kw.get("language"), kw.get("task"))
+            seqs = greedy_decode(self.model, encoded, prompt, kw["max_new_tokens"])
+            return seqs, [None] * len(seqs)
         if not word_timestamps:
-            out = self.model.generate(features, attention_mask=mask, **kw)
+            out = self.model.generate(features, attention_mask=mask, **context, **kw)
             return list(out), [None] * len(out)
         out = self.model.generate(features, attention_mask=mask, return_token_timestamps=True,
-                                  return_dict_in_generate=True, **kw)
+                                  return_dict_in_generate=True, **context, **kw)
         seqs = list(out["sequences"])
         return seqs, [self._words(s, t) for s, t in zip(seqs, out["token_timestamps"])]
 
