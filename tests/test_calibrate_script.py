@@ -180,12 +180,12 @@ def tiny_dense_and_audio(tmp_path):
     audio_dir.mkdir()
     for i in range(6):
         sf.write(audio_dir / f"clip{i}.wav", tiny_audio(seed=i), 16_000)
-    return ["--model", str(model_dir), "--dataset", str(audio_dir), "--probe-clips", "3", "--no-progress"]
+    return ["--model", str(model_dir), "--dataset", str(audio_dir), "--no-progress"]
 
 
 RECIPES = {  # every path through calibrate.py that runs model code: allocation, factors, refinement, stages
+    "the defaults": [],
     "sensitivity, refinement, two stages": ["--target-size", "0.8", "--stages", "0.9", "--refine-steps", "2"],
-    "variance allocation, sequential": ["--target-size", "0.8", "--allocation", "variance", "--sequential", "dense+residual"],
     "θ preset, refinement with decoder KL": ["--preset", "fast", "--refine-steps", "2", "--refine-kl", "1"],
 }
 
@@ -266,7 +266,7 @@ def test_resume_target_size_errors_and_offline_push(tiny_en, tiny_stats, tmp_pat
     for bad in (["--theta-attn", "1.0"], ["--theta-mlp", "0"], ["--target-size", "0"], ["--target-size", "1.5"], ["--padding-weight", "2"],
                 ["--refine-steps", "-1"], ["--refine-warmup", "-1"], ["--stages", "0.7"], ["--stages", "1.0"],
                 ["--stages", "0.7", "0.9", "--target-size", "0.5"], ["--stages", "0.9", "--preset", "fast"],
-                ["--stages", "0.9", "--sequential", "dense"], ["--split-file", str(tmp_path / "nope.json")],
+                ["--sequential", "dense"], ["--split-file", str(tmp_path / "nope.json")],
                 ["--resume-stats", str(tmp_path / "nope.safetensors")], ["--preset", "fast", "--target-size", "0.7"],
                 ["--context-buckets", "40"], ["--context-buckets", "15", "10"], ["--context-margin", "-1"],
                 ["--refine-context"], ["--padding-weight", "some"]):
@@ -305,7 +305,7 @@ def test_killed_calibration_resumes_without_losing_a_window(tmp_path):
     n = 120
     for i in range(n):
         sf.write(audio_dir / f"clip{i:03d}.wav", tiny_audio(seed=i), 16_000)
-    common = ["--model", str(model_dir), "--dataset", str(audio_dir), "--batch-size", "1", "--no-progress", "--probe-clips", "2"]
+    common = ["--model", str(model_dir), "--dataset", str(audio_dir), "--batch-size", "1", "--no-progress"]
     killed = tmp_path / "killed.safetensors"
     proc = subprocess.Popen([sys.executable, SCRIPT, *common, "--save-stats", str(killed), "--save-every", "1",
                              "--output-dir", str(tmp_path / "never")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

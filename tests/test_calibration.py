@@ -12,12 +12,12 @@ from liteasr_hf.calibration.ranks import (
     linear_budget,
     linear_dims,
     preset_thetas,
-    target_ranks,
     theta_rank,
     theta_ranks,
     to_low_rank_config,
     worth_it,
 )
+from liteasr_hf.calibration.sensitivity import allocate
 from liteasr_hf.calibration.stats import CalibrationStats, LinearStats, collect, spectra
 from modeling_utils import CHUNK_SECONDS, tiny_processor, tiny_whisper
 
@@ -189,9 +189,10 @@ def test_target_size_never_exceeds_budget(tiny):
     dims = linear_dims(enc)
     torch.manual_seed(1)
     specs = {n: torch.rand(d_out, dtype=torch.float64).sort(descending=True).values ** 4 for n, (_, d_out) in dims.items()}
+    gains = dict.fromkeys(specs, 1.0)
     prev = None
     for target in (0.95, 0.85, 0.75, 0.65):
-        ranks = target_ranks(specs, dims, linear_budget(enc, target))
+        ranks = allocate(specs, dims, gains, linear_budget(enc, target))
         size, dense = encoder_size(enc, ranks)
         assert size <= target * dense
         assert all(k is None or (k % 16 == 0 and worth_it(k, *dims[n])) for n, k in ranks.items())
@@ -201,7 +202,7 @@ def test_target_size_never_exceeds_budget(tiny):
         assert size > target * dense - step, (target, size / dense)
         prev = size
     with pytest.raises(ValueError):
-        target_ranks(specs, dims, linear_budget(enc, 0.2))
+        allocate(specs, dims, gains, linear_budget(enc, 0.2))
     with pytest.raises(ValueError):
         linear_budget(enc, 1.5)
     cfg = to_low_rank_config({"layers.1.fc1": 32, "layers.0.q_proj": None}, 2)
@@ -243,7 +244,7 @@ def test_densify_computes_what_the_lite_model_computes():
     factors = random_factors(model, low_rank_config)
     lite = LiteWhisperForConditionalGeneration.from_whisper(model, low_rank_config, factors).eval()
     with torch.no_grad():
-        lite.get_encoder().layers[1].final_layer_norm.weight.mul_(1.5)  # as refinement with --refine-train factors+norms would
+        lite.get_encoder().layers[1].final_layer_norm.weight.mul_(1.5)  # densify carries every encoder weight over
     dense = densify(model, lite)
     assert [(n, p.shape) for n, p in dense.named_parameters()] == [(n, p.shape) for n, p in model.named_parameters()]
     feats = torch.randn(2, 80, 100, generator=torch.Generator().manual_seed(3))

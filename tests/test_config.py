@@ -8,7 +8,7 @@ import torch
 
 from liteasr_hf import CompressionConfig, Compressor, compress, save_compressed
 from liteasr_hf.calibration import refine as refine_module
-from liteasr_hf.calibration.ranks import linear_budget, linear_dims, target_ranks, theta_ranks
+from liteasr_hf.calibration.ranks import linear_budget, linear_dims, theta_ranks
 from liteasr_hf.calibration.sensitivity import allocate
 from liteasr_hf.lite_whisper.context_lite_whisper import ContextSettings
 from modeling_utils import tiny_audio, tiny_processor, tiny_whisper
@@ -17,12 +17,10 @@ from modeling_utils import tiny_audio, tiny_processor, tiny_whisper
 @pytest.mark.parametrize("kwargs, field", [
     ({"target_size": 0.0}, "target_size"), ({"target_size": 1.2}, "target_size"), ({"target_size": "0.8"}, "target_size"),
     ({"theta_attn": 1.0}, "theta_attn"), ({"theta_mlp": 0.0}, "theta_mlp"), ({"preset": "fastest"}, "preset"),
-    ({"preset": "fast", "target_size": 0.7}, "target_size"), ({"allocation": "random"}, "allocation"),
-    ({"padding_weight": 1.5}, "padding_weight"), ({"sequential": "on"}, "sequential"), ({"probe_clips": 0}, "probe_clips"),
+    ({"preset": "fast", "target_size": 0.7}, "target_size"), ({"padding_weight": 1.5}, "padding_weight"),
     ({"stages": (0.7,)}, "stages"), ({"stages": (0.9,), "preset": "fast"}, "stages"), ({"stages": (1.0,)}, "stages"),
-    ({"stages": (0.9,), "sequential": "dense"}, "stages"), ({"refine_steps": -1}, "refine_steps"),
-    ({"refine_steps": 2.5}, "refine_steps"), ({"refine_lr": 0}, "refine_lr"), ({"refine_warmup": -2}, "refine_warmup"),
-    ({"refine_train": "everything"}, "refine_train"), ({"refine_kl": -1}, "refine_kl"), ({"refine_context": True}, "refine_context"),
+    ({"refine_steps": -1}, "refine_steps"), ({"refine_steps": 2.5}, "refine_steps"), ({"refine_lr": 0}, "refine_lr"),
+    ({"refine_warmup": -2}, "refine_warmup"), ({"refine_kl": -1}, "refine_kl"), ({"refine_context": True}, "refine_context"),
     ({"context_buckets": [40]}, "context_buckets"), ({"context_buckets": [15, 10]}, "context_buckets"),
     ({"context_buckets": [10.01]}, "context_buckets"), ({"context_buckets": []}, "context_buckets"),
     ({"context_buckets": "full"}, "context_buckets"), ({"context_margin": -1}, "context_margin"), ({"seed": -1}, "seed"),
@@ -35,7 +33,7 @@ def test_bad_values_name_the_field(kwargs, field):
 
 def test_defaults_and_round_trip():
     default = CompressionConfig()
-    assert (default.target_size, default.allocation, default.padding_weight, default.context_buckets) == (0.8, "sensitivity", 0.5, "auto")
+    assert (default.target_size, default.padding_weight, default.context_buckets) == (0.8, 0.5, "auto")
     assert default.label == "size80" and CompressionConfig(preset="c").label == "fast"
     assert CompressionConfig(theta_attn=0.95).thetas == (0.95, 0.999) and CompressionConfig(theta_attn=0.95).label == "custom"
     for config in (default, CompressionConfig(preset="a", padding_weight=None, context_buckets=None),
@@ -45,6 +43,29 @@ def test_defaults_and_round_trip():
         assert CompressionConfig.from_dict(d) == config
     with pytest.raises(ValueError, match="unknown compression option.*theta"):
         CompressionConfig.from_dict({"theta": 0.9})
+
+
+def test_removed_options_load_at_their_only_value():
+    """A calibration.json of an earlier version holds the options removed since: at the value that is now the only
+    behaviour they load; any other value names the option."""
+    old = {**CompressionConfig(target_size=0.65, refine_steps=300).to_dict(),
+           "allocation": "sensitivity", "sequential": "off", "probe_clips": 8, "refine_train": "factors"}
+    assert CompressionConfig.from_dict(old) == CompressionConfig(target_size=0.65, refine_steps=300)
+    for name, value in (("allocation", "variance"), ("sequential", "dense+residual"), ("probe_clips", 60),
+                        ("refine_train", "all")):
+        with pytest.raises(ValueError, match=f"{name} was removed"):
+            CompressionConfig.from_dict({**old, name: value})
+    with pytest.raises(TypeError):  # the Python API takes only the current fields
+        CompressionConfig(sequential="off")
+
+
+def test_every_field_has_help():
+    """The command line's options and the class docstring are built from each field's help."""
+    from dataclasses import fields
+
+    for f in fields(CompressionConfig):
+        assert f.metadata["help"] and f.metadata["group"] in ("compression", "refinement", "context"), f.name
+        assert f"{f.name}: {f.metadata['help']}" in " ".join(CompressionConfig.__doc__.split())
 
 
 def test_auto_context_fits_the_window():
@@ -71,14 +92,10 @@ def ranks_of(lite):
 def test_size_options(compressor):
     enc = compressor.model.get_encoder()
     dims = linear_dims(enc)
-    small, large = (compressor.compress(CompressionConfig(target_size=s, probe_clips=3)) for s in (0.7, 0.9))
+    small, large = (compressor.compress(CompressionConfig(target_size=s)) for s in (0.7, 0.9))
     assert small.liteasr_calibration["size"]["fraction"] <= 0.7 < large.liteasr_calibration["size"]["fraction"] <= 0.9
-    gains = compressor.gains(0.5, 3)
+    gains = compressor.gains(0.5)
     assert ranks_of(small) == allocate({n: p[1] for n, p in compressor.spectra(0.5).items()}, dims, gains, linear_budget(enc, 0.7))
-    assert ranks_of(compressor.compress(CompressionConfig(target_size=0.7, probe_clips=2))) == allocate(
-        {n: p[1] for n, p in compressor.spectra(0.5).items()}, dims, compressor.gains(0.5, 2), linear_budget(enc, 0.7))
-    variance = compressor.compress(CompressionConfig(target_size=0.7, allocation="variance"))
-    assert ranks_of(variance) == target_ranks({n: p[1] for n, p in compressor.spectra(0.5).items()}, dims, linear_budget(enc, 0.7))
     evals = {n: p[1] for n, p in compressor.spectra(0.5).items()}
     for config in (CompressionConfig(preset="fast"), CompressionConfig(theta_attn=0.8), CompressionConfig(theta_mlp=0.8, preset="a")):
         lite = compressor.compress(config)
@@ -87,18 +104,14 @@ def test_size_options(compressor):
 
 
 def test_statistics_options(compressor):
-    base = CompressionConfig(target_size=0.8, allocation="variance")
-    one = compressor.compress(base)
-    flat = compressor.compress(CompressionConfig(target_size=0.8, allocation="variance", padding_weight=None))
+    one = compressor.compress(CompressionConfig(target_size=0.8))
+    flat = compressor.compress(CompressionConfig(target_size=0.8, padding_weight=None))
     assert flat.liteasr_calibration["calibration"]["padding_weight"] is None
-    seq = compressor.compress(CompressionConfig(target_size=0.8, allocation="variance", sequential="dense+residual"))
-    assert ranks_of(seq) == ranks_of(one)  # same ranks, other factors
     name = next(n for n, k in ranks_of(one).items() if k)
     key = f"model.encoder.{name}.weight1"
-    w = {m: dict(lite.named_parameters())[key] for m, lite in (("one", one), ("flat", flat), ("seq", seq)) if key in dict(lite.named_parameters())}
-    assert not torch.equal(w["one"], w["seq"])
+    w = {m: dict(lite.named_parameters())[key] for m, lite in (("one", one), ("flat", flat)) if key in dict(lite.named_parameters())}
     assert "flat" not in w or not torch.equal(w["one"], w["flat"])
-    staged = compressor.compress(CompressionConfig(target_size=0.7, stages=[0.85], allocation="variance"))
+    staged = compressor.compress(CompressionConfig(target_size=0.7, stages=[0.85]))
     assert [st["size"] for st in staged.liteasr_calibration["selection"]["stages"]] == [0.85, 0.7]
     assert staged.liteasr_calibration["size"]["fraction"] <= 0.7
 
@@ -112,12 +125,11 @@ def test_refinement_and_context_options(compressor, monkeypatch):
         return real(lite, *args, **kwargs)
 
     monkeypatch.setattr(refine_module, "refine", spy)
-    config = CompressionConfig(target_size=0.8, probe_clips=3, refine_steps=2, refine_lr=3e-5, refine_warmup=1,
-                               refine_train="factors+norms", refine_kl=0.5, refine_context=True,
+    config = CompressionConfig(target_size=0.8, refine_steps=2, refine_lr=3e-5, refine_warmup=1, refine_kl=0.5, refine_context=True,
                                context_buckets=[0.6], context_margin=0.1, padding_stride=2, seed=7)
     lite = compressor.compress(config)
     (kw,) = calls
-    assert (kw["steps"], kw["lr"], kw["warmup"], kw["train"], kw["kl_weight"], kw["seed"], kw["pad_weight"]) == (2, 3e-5, 1, "factors+norms", 0.5, 7, 0.5)
+    assert (kw["steps"], kw["lr"], kw["warmup"], kw["kl_weight"], kw["seed"], kw["pad_weight"]) == (2, 3e-5, 1, 0.5, 7, 0.5)
     # the student is refined at the context it will run: buckets, margin and the padding stride
     want = ContextSettings([0.6], 0.1, 2, full_frames=lite.config.max_source_positions * 2)
     assert kw["context"] == want and kw["mse_weight"] == 0.0 and kw["token_targets"] is not None
@@ -126,7 +138,7 @@ def test_refinement_and_context_options(compressor, monkeypatch):
     assert (lite.config.encoder_context_buckets, lite.config.encoder_context_margin, lite.config.encoder_padding_stride) == ([0.6], 0.1, 2)
     assert lite.liteasr_calibration["config"] == config.to_dict()
     calls.clear()
-    compressor.compress(CompressionConfig(target_size=0.8, probe_clips=3, refine_steps=1))
+    compressor.compress(CompressionConfig(target_size=0.8, refine_steps=1))
     assert calls[0]["context"] is None and calls[0]["mse_weight"] == 1.0 and calls[0]["token_targets"] is None
     assert calls[0]["targets"].shape[0] == 6  # the MSE's targets: one per calibration clip
 
@@ -134,11 +146,10 @@ def test_refinement_and_context_options(compressor, monkeypatch):
 def test_compress_and_save(tmp_path):
     processor = tiny_processor(tmp_path / "vocab")
     model = tiny_whisper()
-    lite = compress(model, processor, [tiny_audio(seed=i) for i in range(4)], CompressionConfig(target_size=0.8, probe_clips=2),
-                    progress=False)
+    lite = compress(model, processor, [tiny_audio(seed=i) for i in range(4)], CompressionConfig(target_size=0.8), progress=False)
     out = save_compressed(lite, str(tmp_path / "lite"), processor, dataset="four synthetic clips")
     info = json.loads((tmp_path / "lite" / "calibration.json").read_text())
-    assert CompressionConfig.from_dict(info["config"]) == CompressionConfig(target_size=0.8, probe_clips=2)
+    assert CompressionConfig.from_dict(info["config"]) == CompressionConfig(target_size=0.8)
     assert info["calibration"]["clips"] == 4 and info["calibration"]["dataset"] == "four synthetic clips"
     assert "| layer | q_proj" in (tmp_path / "lite" / "README.md").read_text()
     from liteasr_hf import LiteWhisperForConditionalGeneration

@@ -13,8 +13,8 @@ from importlib import resources
 from string import Template
 
 from ..lite_whisper.configuration_lite_whisper import LOW_RANK_SHAPES
-from .compressor import INFO_FILE
 
+INFO_FILE = "calibration.json"  # how a checkpoint was made, written by save_compressed; the card's source
 TEMPLATE = "model_card_template.md"  # package data, so installed wheels render cards too
 
 

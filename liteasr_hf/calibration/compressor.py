@@ -1,5 +1,5 @@
 """The LiteASR recipe as a Python API: audio -> statistics -> spectra -> ranks -> factors -> refinement -> stages ->
-lite model -> checkpoint and model card.
+lite model -> checkpoint and model card; and `load_model`, the one loader of Whisper and lite Whisper checkpoints.
 
     from liteasr_hf import CompressionConfig, compress, save_compressed
     lite = compress(model, processor, clips, CompressionConfig(target_size=0.8))
@@ -21,12 +21,13 @@ from typing import Sequence
 
 import torch
 
+from .card import INFO_FILE, render_model_card
 from .config import CompressionConfig
 from .features import features_of
+from .sensitivity import PROBE_CLIPS
 from .stats import CalibrationStats, collect, spectra
 
 logger = logging.getLogger(__name__)
-INFO_FILE = "calibration.json"
 
 
 def _windows(audio) -> tuple[list[tuple[str, object]], int]:
@@ -47,27 +48,37 @@ def _windows(audio) -> tuple[list[tuple[str, object]], int]:
     return window_items(clips), len(clips)
 
 
-def load_whisper(name: str, device="cpu", dtype=torch.float32):
-    """(dense WhisperForConditionalGeneration, WhisperProcessor) from a bundled name ("bundled/whisper-base"), a local
-    folder or a Hub id; a LiteASR checkpoint or another model type is a ValueError."""
-    from transformers import PretrainedConfig, WhisperForConditionalGeneration, WhisperProcessor
+def load_model(name: str, device="cpu", dtype=None, *, dense: bool = False):
+    """(model, processor, local path or Hub id) for a bundled name ("bundled/whisper-base"), a local folder or a Hub
+    id: a Whisper or lite Whisper through the Auto classes. `dense`: only a dense Whisper will do (a LiteASR checkpoint
+    or another model type is a ValueError, before any weight is read)."""
+    import liteasr_hf  # noqa: F401  registers the lite-whisper model type with the Auto classes
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, PretrainedConfig
 
     from ..conversion import load_error, resolve_model
 
     path = resolve_model(name)
     try:
-        cfg, _ = PretrainedConfig.get_config_dict(path)
-        archs = " ".join(cfg.get("architectures") or [])
-        if "lite" in cfg.get("model_type", "").lower() or "LiteWhisper" in archs or cfg.get("low_rank_config"):
-            raise ValueError(f"{name} is already a LiteASR (low-rank) model; calibrate its dense Whisper original instead")
-        if cfg.get("model_type") != "whisper":
-            raise ValueError(f"{name} is not a Whisper model (model_type {cfg.get('model_type')!r})")
-        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype)
-        processor = WhisperProcessor.from_pretrained(path)
+        if dense:
+            cfg, _ = PretrainedConfig.get_config_dict(path)
+            archs = " ".join(cfg.get("architectures") or [])
+            if "lite" in cfg.get("model_type", "").lower() or "LiteWhisper" in archs or cfg.get("low_rank_config"):
+                raise ValueError(f"{name} is already a LiteASR (low-rank) model; calibrate its dense Whisper original instead")
+            if cfg.get("model_type") != "whisper":
+                raise ValueError(f"{name} is not a Whisper model (model_type {cfg.get('model_type')!r})")
+        model = AutoModelForSpeechSeq2Seq.from_pretrained(path, dtype=dtype or torch.float32)
+        processor = AutoProcessor.from_pretrained(path)
     except OSError as e:  # offline, or a Hub id that does not exist
         raise load_error(name, path, e) from e
-    model.name_or_path = name  # the name as given ("bundled/whisper-base"), for the card
-    return model.to(device).eval(), processor
+    return model.to(device).eval(), processor, path
+
+
+def load_whisper(name: str, device="cpu", dtype=torch.float32):
+    """(dense WhisperForConditionalGeneration, WhisperProcessor) to compress: `load_model(..., dense=True)`, the
+    model named as given ("bundled/whisper-base") for the card."""
+    model, processor, _ = load_model(name, device, dtype, dense=True)
+    model.name_or_path = name
+    return model, processor
 
 
 class Compressor:
@@ -145,20 +156,19 @@ class Compressor:
             self._features = features_of(self.processor.feature_extractor, [a for _, a in self.windows])
         return self._features
 
-    def gains(self, padding_weight, probe_clips: int, model=None, pcas=None) -> dict:
-        """Each linear's measured sensitivity (sensitivity.measure_gains) on the first `probe_clips` windows: of the
+    def gains(self, padding_weight, model=None, pcas=None) -> dict:
+        """Each linear's measured sensitivity (sensitivity.measure_gains) on the first PROBE_CLIPS windows: of the
         dense model (cached), or of `model` with its `pcas` (a later stage's)."""
         from .sensitivity import measure_gains
 
-        key = (padding_weight, probe_clips)
-        if model is None and key in self._gains:
-            return self._gains[key]
+        if model is None and padding_weight in self._gains:
+            return self._gains[padding_weight]
         feats, real = self.features()
-        gains = measure_gains(model or self.model, feats[:probe_clips], real[:probe_clips],
+        gains = measure_gains(model or self.model, feats[:PROBE_CLIPS], real[:PROBE_CLIPS],
                               self.spectra(padding_weight) if model is None else pcas, pad_weight=padding_weight,
                               batch_size=self.batch_size, progress=self.progress)
         if model is None:
-            self._gains[key] = gains
+            self._gains[padding_weight] = gains
         return gains
 
     def teacher(self, outputs: bool, tokens: bool):
@@ -179,7 +189,7 @@ class Compressor:
         """The lite model (LiteWhisperForConditionalGeneration) for `config`, its record in `lite.liteasr_calibration`
         (what save_compressed writes into calibration.json). The dense model is left unchanged."""
         from ..lite_whisper.configuration_lite_whisper import ENCODER_FRAME_SECONDS, check_padding_stride
-        from .factors import build_lite_model, densify
+        from .factors import build_lite_model, densify, factorize
         from .ranks import encoder_size
 
         config = config or CompressionConfig()
@@ -204,10 +214,10 @@ class Compressor:
                 gains = None
             else:
                 pcas = self.spectra(config.padding_weight)
-                gains = self.gains(config.padding_weight, config.probe_clips) if (
-                    size is not None and config.allocation == "sensitivity") else None
+                gains = self.gains(config.padding_weight) if size is not None else None
             ranks, selection = self._ranks(current, pcas, size, config, gains)
-            lite = build_lite_model(current, ranks, self._factors(current, pcas, ranks, config))
+            enc = current.get_encoder()
+            lite = build_lite_model(current, ranks, factorize(enc, pcas, ranks, next(enc.parameters()).dtype))
             stage = {"size": size}
             if config.refine_steps:
                 settings = lite.get_encoder().context_settings().replace(buckets=buckets, margin=margin,
@@ -240,43 +250,26 @@ class Compressor:
         return lite.eval()
 
     def _ranks(self, model, pcas, size, config, gains):
-        """(ranks, selection record): `size` by sensitivity or variance, or the θ rule (size None)."""
-        from .ranks import linear_budget, linear_dims, target_ranks, theta_ranks
+        """(ranks, selection record): `size` by sensitivity, or the θ rule (size None)."""
+        from .ranks import linear_budget, linear_dims, theta_ranks
         from .sensitivity import allocate
 
         encoder = model.get_encoder()
         dims = linear_dims(encoder)
         evals = {n: p[1] for n, p in pcas.items()}
-        common = {"sequential": config.sequential, "refine_steps": config.refine_steps, "refine_context": config.refine_context}
-        if size is not None and config.allocation == "sensitivity":
+        common = {"refine_steps": config.refine_steps, "refine_context": config.refine_context}
+        if size is not None:
             if gains is None:  # a later stage: its own model's gains
-                gains = self.gains(config.padding_weight, config.probe_clips, model, pcas)
+                gains = self.gains(config.padding_weight, model, pcas)
             ranks = allocate(evals, dims, gains, linear_budget(encoder, size))
             return ranks, {"mode": "target-size", "target_size": size, "allocation": "sensitivity", **common,
                            "description": f"target size {size:.0%} of the dense encoder, greedy by measured effect on the encoder output per parameter"}
-        if size is not None:
-            ranks = target_ranks(evals, dims, linear_budget(encoder, size))
-            return ranks, {"mode": "target-size", "target_size": size, "allocation": "variance", **common,
-                           "description": f"target size {size:.0%} of the dense encoder, greedy by variance kept per parameter"}
         ta, tm = config.thetas
         custom = config.label == "custom"
         label = "custom θ" if custom else f"preset {config.preset}"
         return theta_ranks(evals, dims, ta, tm), {
             "mode": "theta" if custom else config.preset, "preset": None if custom else config.preset, "theta_attn": ta,
             "theta_mlp": tm, **common, "description": f"{label}: θ attention {ta}, θ MLP {tm} (smallest multiple of 16 above θ; eq. 8)"}
-
-    def _factors(self, model, pcas, ranks, config) -> dict:
-        """{linear: (weight1, weight2, bias)}: PCA factors of the statistics, or fitted layer by layer (sequential)."""
-        from .factors import factorize
-        from .sequential import calibrate, fixed_ranks
-
-        p = next(model.get_encoder().parameters())
-        if config.sequential == "off":
-            return factorize(model.get_encoder(), pcas, ranks, p.dtype)
-        feats, real = self.features()
-        factors, _, _ = calibrate(model, feats, real, fixed_ranks(ranks), target=config.sequential, pad_weight=config.padding_weight,
-                                  batch_size=self.batch_size, progress=self.progress)
-        return {n: tuple(t.to(p.device, p.dtype) for t in f) for n, f in factors.items()}
 
     def _refine(self, lite, config, context) -> dict:
         from .refine import refine
@@ -288,9 +281,8 @@ class Compressor:
         # The teacher's outputs are computed, and the lite model shares no tensor with the dense one: off the
         # accelerator, the dense model leaves refinement its memory (large-v3 in fp32: 6.2 GB).
         self.model.to("cpu")
-        done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=config.refine_kl, train=config.refine_train,
-                      steps=config.refine_steps, lr=config.refine_lr, warmup=config.refine_warmup, pad_weight=config.padding_weight,
-                      seed=config.seed, progress=self.progress, context=context if config.refine_context else None,
+        done = refine(lite, feats, real, targets, token_targets=tokens, kl_weight=config.refine_kl, steps=config.refine_steps,
+                      lr=config.refine_lr, warmup=config.refine_warmup, pad_weight=config.padding_weight, seed=config.seed, progress=self.progress, context=context if config.refine_context else None,
                       mse_weight=mse_weight)
         return {k: done[k] for k in ("steps", "initial", "best")}
 
@@ -331,7 +323,6 @@ def save_compressed(lite, folder: str, processor=None, *, base_model: str | None
     sizes, data) and the model card (README.md). Returns the folder."""
     from .. import __version__
     from ..lite_whisper import save_lite_checkpoint
-    from .card import render_model_card
 
     record = getattr(lite, "liteasr_calibration", None)
     if record is None:

@@ -1,30 +1,32 @@
 """`CompressionConfig`: every choice of a LiteASR compression, validated on construction and written into the
 checkpoint's calibration.json, so a checkpoint says exactly how it was made and can be remade from it.
 
-    config = CompressionConfig(target_size=0.65, refine_steps=90)
+    config = CompressionConfig(target_size=0.65, refine_steps=300)
     CompressionConfig.from_dict(json.load(open("lite/calibration.json"))["config"]) == config
+
+Each field's help lives once, in its metadata: the class docstring lists it, and `liteasr-hf calibrate` builds its
+options from it. What each default rests on, with the figures: docs/results.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import textwrap
+from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
 from .features import DEFAULT_PADDING_WEIGHT
 from .ranks import PRESET_ALIASES, PRESETS, check_theta, preset_thetas
 
 DEFAULT_TARGET_SIZE = 0.8
-# Clips built from speech-dev's calibration clips to sit at the top of each bucket (docs/benchmarks.md, "top-of-bucket
-# clips"): at a 10 s context the decoder ran into repetition loops on 8-9 s of speech (11-13 of 70 in fp32, bf16 and
-# int8), at 15 and 20 s on none of 64. "auto" = these, those shorter than the model's window.
+# Buckets chosen so that clips at the top of each bucket do not make the decoder loop (docs/benchmarks.md,
+# "Choosing the dynamic context"); "auto" = those shorter than the model's window.
 DEFAULT_CONTEXT_BUCKETS = (15.0, 20.0)
-# Past the audio + margin, one padding frame in 4 computed (LiteWhisperConfig.encoder_padding_stride): on speech-dev's
-# calibration clips, base 80 %, no transcript changed at 4 (two changed at 2 and at 6), 8 looped once (docs/benchmarks.md,
-# run 13).
+# Past the audio + margin, one padding frame in 4 computed (LiteWhisperConfig.encoder_padding_stride): the largest
+# stride that left the calibration clips' transcripts unchanged (docs/benchmarks.md).
 DEFAULT_PADDING_STRIDE = 4
-ALLOCATIONS = ("sensitivity", "variance")
-SEQUENTIAL_MODES = ("off", "self", "dense", "dense+residual")
-REFINE_TRAIN = ("factors", "factors+norms", "all")
+# Options of earlier versions, each with the value that is now the only behaviour: a calibration.json that holds one
+# at that value still loads; any other value is an error naming it (their results: docs/results.md).
+REMOVED_OPTIONS = {"allocation": "sensitivity", "sequential": "off", "probe_clips": 8, "refine_train": "factors"}
 
 
 def _choice(value, allowed, name):
@@ -42,53 +44,82 @@ def _number(value, name, *, low=None, high=None, low_open=False, integer=False):
         raise ValueError(f"{name} must be <= {high}, got {value!r}")
 
 
+def padding_weight_arg(text: str) -> float | None:
+    """The command line's --padding-weight: a number, or 'all' (None)."""
+    return None if text == "all" else float(text)
+
+
+def context_buckets_arg(values: list[str]) -> list[float] | None:
+    """The command line's --context-buckets: seconds, or 'full' (None)."""
+    if [v.lower() for v in values] == ["full"]:
+        return None
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--context-buckets takes seconds or 'full', got {' '.join(values)}") from None
+
+
+def _option(default, help: str, group: str, **cli):
+    """A field with its help and command-line group; `cli`: argparse keywords beyond what the default implies (`type`
+    where the default is None or a sequence, `choices`, `nargs`, `metavar`, `parse` for a value argparse cannot type,
+    `default_text` where the default reads better in words). Names in backticks are other fields: the command line
+    shows them as options."""
+    return field(default=default, metadata={"help": help, "group": group, **cli})
+
+
 @dataclass
 class CompressionConfig:
-    """How to compress a Whisper encoder. With no argument: ranks for 80 % of the dense encoder, allocated by
-    measured sensitivity, 50/50 real/padding statistics, dynamic encoder context 10 / 15 / 20 s.
+    """How to compress a Whisper encoder. With no argument: ranks for 80 % of the dense encoder allocated by measured
+    sensitivity, 50/50 real/padding statistics, no refinement, the default dynamic encoder context.
 
-    Size (one of two ways):
-        target_size: encoder parameters as a fraction of dense, in (0, 1]; ranks allocated greedily by `allocation`
-            ("sensitivity": each linear's measured effect on the encoder output per parameter; "variance": its own
-            variance kept per parameter). The default (0.8) when neither a preset nor a θ is given.
-        preset / theta_attn / theta_mlp: the paper's θ rule (variance kept per linear, eq. 6 + 8); presets
-            quality / balanced / fast (or a / b / c). A θ alone takes the other from the preset (default balanced).
-    Statistics and factors:
-        padding_weight: share of the statistics given to padding frames, in [0, 1]; None = every frame alike (paper).
-        sequential: "off" (the paper: every linear from the dense statistics), "self", "dense" or "dense+residual"
-            (layer by layer, each linear fitted to undo upstream error; ~10x slower).
-        probe_clips: the first this many calibration windows measure each linear's sensitivity.
-        stages: compress progressively through these sizes (descending, above target_size), each stage re-measured and
-            refined.
-    Refinement (off with refine_steps=0): Adam on the factors (`refine_train`) for at most `refine_steps`, learning
-        rate `refine_lr` reached after `refine_warmup` steps, loss the encoder-output MSE plus `refine_kl` x the
-        decoder KL on the dense model's transcripts; `refine_context` refines at the dynamic context (KL only).
-    Dynamic encoder context (written into config.json): context_buckets, seconds ascending, "auto" (10 / 15 / 20 s,
-        those shorter than the model's window) or None (always the full window); context_margin, seconds of padding
-        kept after the audio; padding_stride, past those the encoder runs on one padding frame in this many (1: every
-        frame).
-    seed: the refinement's held-back clips and batches.
+    The size is given one of two ways: `target_size`, or the paper's θ rule (`preset` / `theta_attn` / `theta_mlp`).
     """
 
-    target_size: float | None = None
-    preset: str | None = None
-    theta_attn: float | None = None
-    theta_mlp: float | None = None
-    allocation: str = "sensitivity"
-    padding_weight: float | None = DEFAULT_PADDING_WEIGHT
-    sequential: str = "off"
-    probe_clips: int = 8
-    stages: Sequence[float] = ()
-    refine_steps: int = 0
-    refine_lr: float = 1e-4
-    refine_warmup: int = 0
-    refine_train: str = "factors"
-    refine_kl: float = 0.0
-    refine_context: bool = False
-    context_buckets: Sequence[float] | str | None = "auto"
-    context_margin: float = 1.0
-    padding_stride: int = DEFAULT_PADDING_STRIDE
-    seed: int = 0
+    target_size: float | None = _option(
+        None, "encoder parameters as a fraction of dense, in (0, 1]; the ranks are allocated greedily by each linear's "
+        "measured effect on the encoder output per parameter (sensitivity, measured on the first calibration windows)",
+        "compression", type=float, default_text=f"{DEFAULT_TARGET_SIZE} without `preset` / `theta_attn` / `theta_mlp`")
+    preset: str | None = _option(
+        None, "the paper's θ rule instead of a size (variance kept per linear; eq. 6 + 8): "
+        + ", ".join(f"{k} {v}" for k, v in PRESETS.items()) + " (or a / b / c); with a θ alone, the other comes from "
+        "balanced", "compression", choices=[*PRESETS, *PRESET_ALIASES])
+    theta_attn: float | None = _option(None, "variance kept by attention linears, in (0, 1) (overrides the preset's)",
+                                       "compression", type=float)
+    theta_mlp: float | None = _option(None, "variance kept by MLP linears, in (0, 1) (overrides the preset's)",
+                                      "compression", type=float)
+    padding_weight: float | None = _option(
+        DEFAULT_PADDING_WEIGHT, "share of each linear's mean / covariance given to the padding frames, in [0, 1]: the "
+        "decoder cross-attends to them, so they are calibrated apart from the audio; 'all' (None) = every frame alike, "
+        "as in the paper", "compression", parse=padding_weight_arg, metavar="WEIGHT")
+    stages: Sequence[float] = _option(
+        (), "compress progressively: first to these sizes (descending, above `target_size`), each stage re-measured on "
+        "the calibration windows and refined with `refine_steps`; each stage costs one more statistics pass",
+        "compression", type=float, nargs="+", metavar="SIZE")
+    refine_steps: int = _option(
+        0, "refine the factors (Adam) at most this many steps, on the encoder-output MSE against the dense model with "
+        "early stopping on held-back calibration windows; 0 = the PCA factors as they are", "refinement")
+    refine_lr: float = _option(1e-4, "Adam learning rate of the refinement", "refinement")
+    refine_warmup: int = _option(0, "steps over which the learning rate rises linearly to `refine_lr` (Adam's first "
+                                    "steps can throw the factors far off the PCA start)", "refinement")
+    refine_kl: float = _option(
+        0.0, "weight of the decoder KL against the dense model's greedy transcripts of the calibration windows "
+        "(teacher forcing; 0 = encoder MSE only); use a lower `refine_lr` (3e-5) and a `refine_warmup` with it",
+        "refinement")
+    refine_context: bool = _option(
+        False, "refine at the dynamic context: the student runs on its buckets, the loss is the decoder KL against the "
+        "dense model on the full window, no encoder MSE (a trimmed full-window output is the wrong target); makes "
+        "buckets below 10 s usable; needs `refine_steps`, `refine_kl` and context buckets", "refinement")
+    context_buckets: Sequence[float] | str | None = _option(
+        "auto", "the encoder runs on the smallest of these contexts (seconds, ascending) that holds the audio plus "
+        "`context_margin`, else on the full window; 'full' (None) = always the full window, as Whisper", "context",
+        parse=context_buckets_arg, nargs="+", metavar="SECONDS",
+        default_text=f"{' '.join(f'{b:g}' for b in DEFAULT_CONTEXT_BUCKETS)}, those shorter than the model's window")
+    context_margin: float = _option(1.0, "seconds of the padding after the audio that the encoder keeps", "context")
+    padding_stride: int = _option(
+        DEFAULT_PADDING_STRIDE, "past the audio plus `context_margin` the encoder runs on one padding frame in N, each "
+        "standing for its N neighbours; 1 = every frame", "context", metavar="N")
+    seed: int = _option(0, "seeds the refinement's held-back windows and batches (and the command line's --num-clips "
+                           "draw)", "compression")
 
     def __post_init__(self):
         theta_given = self.preset is not None or self.theta_attn is not None or self.theta_mlp is not None
@@ -105,19 +136,14 @@ class CompressionConfig:
                 if getattr(self, name) is not None:
                     _number(getattr(self, name), name)
                     check_theta(getattr(self, name), name)
-        _choice(self.allocation, ALLOCATIONS, "allocation")
         if self.padding_weight is not None:
             _number(self.padding_weight, "padding_weight", low=0.0, high=1.0)
-        _choice(self.sequential, SEQUENTIAL_MODES, "sequential")
-        _number(self.probe_clips, "probe_clips", low=1, integer=True)
         self.stages = tuple(self.stages)
         if self.stages:
             for s in self.stages:
                 _number(s, "stages")
             if self.target_size is None:
                 raise ValueError("stages need target_size (stages are sizes, not θ presets)")
-            if self.sequential != "off":
-                raise ValueError("stages do not combine with sequential calibration")
             sizes = [*self.stages, self.target_size]
             if any(not a > b for a, b in zip(sizes, sizes[1:])) or not sizes[0] < 1.0:
                 raise ValueError(f"stages must descend from below 1 to above target_size {self.target_size}, got {list(self.stages)}")
@@ -125,7 +151,6 @@ class CompressionConfig:
             _number(getattr(self, name), name, low=0, integer=True)
         _number(self.refine_lr, "refine_lr", low=0.0, low_open=True)
         _number(self.refine_kl, "refine_kl", low=0.0)
-        _choice(self.refine_train, REFINE_TRAIN, "refine_train")
         if self.context_buckets != "auto" and self.context_buckets is not None:
             if isinstance(self.context_buckets, (str, bytes)):
                 raise ValueError(f"context_buckets must be seconds, 'auto' or None, got {self.context_buckets!r}")
@@ -151,11 +176,6 @@ class CompressionConfig:
         if self.target_size is not None:
             return f"size{round(self.target_size * 100)}"
         return "custom" if self.thetas != preset_thetas(self.preset) else self.preset
-
-    @property
-    def needs_features(self) -> bool:
-        """Whether the recipe works from the windows' log-mels (sensitivity, sequential, refinement)."""
-        return self.sequential != "off" or bool(self.refine_steps) or (self.target_size is not None and self.allocation == "sensitivity")
 
     def context(self, window_seconds: float = 30.0) -> tuple[list[float] | None, float]:
         """(buckets, margin) for a model whose encoder window is `window_seconds`: "auto" keeps the default buckets
@@ -183,6 +203,13 @@ class CompressionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompressionConfig":
+        """The config of a calibration.json. Options removed since (REMOVED_OPTIONS) are accepted at the value that
+        is now the only behaviour."""
+        d = dict(d)
+        for name, only in REMOVED_OPTIONS.items():
+            if name in d and d.pop(name) != only:
+                raise ValueError(f"compression option {name} was removed in this version (only {name}={only!r} remains; "
+                                 "see docs/results.md): this checkpoint cannot be remade with it")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -190,5 +217,11 @@ class CompressionConfig:
         return cls(**d)
 
 
-__all__ = ["ALLOCATIONS", "DEFAULT_CONTEXT_BUCKETS", "DEFAULT_TARGET_SIZE", "PRESETS", "REFINE_TRAIN", "SEQUENTIAL_MODES",
+CompressionConfig.__doc__ += "\n    Fields:\n" + "\n".join(
+    textwrap.fill(f"{f.name}: {f.metadata['help']}", 116, initial_indent=" " * 8, subsequent_indent=" " * 12,
+                  break_on_hyphens=False)
+    for f in fields(CompressionConfig)) + "\n"
+
+
+__all__ = ["DEFAULT_CONTEXT_BUCKETS", "DEFAULT_PADDING_STRIDE", "DEFAULT_TARGET_SIZE", "PRESETS", "REMOVED_OPTIONS",
            "CompressionConfig"]

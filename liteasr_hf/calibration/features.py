@@ -1,5 +1,5 @@
 """Calibration audio as the encoder sees it: log-mels, how many of each window's frames hold audio, per-frame
-weights that split a clip's loss between audio and padding, and the hidden states entering layer 0.
+weights that split a clip's loss between audio and padding.
 
 Whisper hops 160 samples per mel frame and its second conv strides 2, so one encoder frame is 320 samples (20 ms);
 a window shorter than 30 s is padded, and the padding frames are ~90 % of a typical calibration set's. The decoder
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 DEFAULT_PADDING_WEIGHT = 0.5  # padding frames' share of a clip's statistics and losses (None: every frame alike)
 
@@ -42,16 +41,3 @@ def frame_weights(real: torch.Tensor, total: int, pad_weight: float | None = DEF
     pad = 1 - mask
     w = (1 - pad_weight) * mask / mask.sum(1, keepdim=True).clamp(min=1) + pad_weight * pad / pad.sum(1, keepdim=True).clamp(min=1)
     return w / w.sum(1, keepdim=True)  # clips without padding: all weight on real frames
-
-
-@torch.no_grad()
-def encoder_inputs(encoder: nn.Module, features: torch.Tensor, batch_size: int = 8, dtype=None) -> torch.Tensor:
-    """Hidden states entering layer 0 (convs + positions), [N, T, D], computed once, kept on the CPU."""
-    out = []
-    p = next(encoder.parameters())
-    for i in range(0, len(features), batch_size):
-        x = features[i : i + batch_size].to(p.device, p.dtype)
-        x = nn.functional.gelu(encoder.conv1(x))
-        x = nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
-        out.append((x + encoder.embed_positions.weight[: x.shape[1]]).to(dtype or p.dtype).cpu())
-    return torch.cat(out)

@@ -107,17 +107,6 @@ def linear_budget(encoder: nn.Module, target: float) -> int:
     return budget
 
 
-def target_ranks(spectra: dict, dims: dict, budget: int, multiple: int = 16) -> dict:
-    """Greedy allocation by variance kept per parameter. Variance is each linear's own fraction, so wide
-    and narrow linears compete on equal terms."""
-    fracs = {n: explained(ev) for n, ev in spectra.items()}
-
-    def value(n, k, nxt):
-        return (1.0 if nxt is None else float(fracs[n][nxt - 1])) - float(fracs[n][k - 1])
-
-    return greedy_ranks(spectra, dims, budget, value, multiple)
-
-
 def greedy_ranks(spectra: dict, dims: dict, budget: int, value, multiple: int = 16) -> dict:
     """Ranks under a parameter budget for the linears' weights, which is never exceeded.
 

@@ -2,8 +2,8 @@
 
 PCA fits every linear to its own output variance; nothing in it sees the error the stack
 accumulates or what the decoder reads. Refinement starts from the PCA factors and, for a bounded
-number of steps, optimises `weight1`, `weight2`, `bias` of the low-rank linears (optionally the layer
-norms too) to match the dense encoder on unlabeled calibration audio:
+number of steps, optimises `weight1`, `weight2`, `bias` of the low-rank linears to match the dense
+encoder on unlabeled calibration audio:
 
 - encoder-output MSE (cheap: no decoder), every frame weighted so that real audio and padding each
   hold `1 - pad_weight` / `pad_weight` of a clip's loss; the decoder cross-attends to the padding,
@@ -13,7 +13,7 @@ norms too) to match the dense encoder on unlabeled calibration audio:
 
 A held-back part of the calibration clips decides when to stop (early stopping with patience) and
 which parameters are kept (the best held-out loss). Deterministic for a seed on a given device.
-Runs where the model is (CPU is fine for tiny/base; large-v3 on one H100: 0.54 s a step). Under
+Runs where the model is (CPU is fine for tiny/base; cost per step: docs/results.md). Under
 `accelerate launch`, calibrate.py shards the statistics pass over the processes and refines on the
 main process alone: wrapping the model for data parallelism there would wait on processes that have
 finished.
@@ -92,21 +92,14 @@ def _kl(model, enc_out, targets):
     return total / len(targets)
 
 
-def trainable(model: nn.Module, train: str = "factors") -> list[nn.Parameter]:
-    """The parameters refinement may change: `factors` = weight1/weight2/bias of every low-rank
-    linear; `factors+norms` adds the encoder's layer norms; `all` = every encoder parameter but the
-    positional embedding (dense linears and convs too)."""
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters refinement may change: weight1 / weight2 / bias of every low-rank linear. (Training the layer
+    norms or every encoder weight as well did no better: docs/results.md.)"""
     enc = _encoder(model)
     names = set()
     for mname, m in enc.named_modules():
         if hasattr(m, "weight1") and hasattr(m, "weight2"):
             names |= {f"{mname}.{p}" for p, _ in m.named_parameters(recurse=False)}
-        elif isinstance(m, nn.LayerNorm) and train in ("factors+norms", "all"):
-            names |= {f"{mname}.{p}" for p, _ in m.named_parameters(recurse=False)}
-    if train == "all":
-        names |= {n for n, _ in enc.named_parameters() if not n.startswith("embed_positions")}
-    elif train not in ("factors", "factors+norms"):
-        raise ValueError(f"train must be 'factors', 'factors+norms' or 'all', got {train!r}")
     params = [p for n, p in enc.named_parameters() if n in names]
     if not params:
         raise ValueError("no low-rank linears found in the model's encoder: refine a compressed model")
@@ -121,7 +114,6 @@ def refine(
     *,
     token_targets: Sequence | None = None,
     kl_weight: float = 0.0,
-    train: str = "factors",
     steps: int = 300,
     lr: float = 1e-4,
     warmup: int = 0,
@@ -166,7 +158,7 @@ def refine(
     n_held = max(1, round(holdout * n)) if holdout > 0 else 0
     held, train_idx = order[n - n_held :], order[: n - n_held]
 
-    params = trainable(model, train)
+    params = trainable(model)
     keep = {id(p) for p in params}
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():

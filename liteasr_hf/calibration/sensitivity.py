@@ -17,8 +17,10 @@ import copy
 import torch
 from torch import nn
 
-from .features import DEFAULT_PADDING_WEIGHT, encoder_inputs, frame_weights
+from .features import DEFAULT_PADDING_WEIGHT, frame_weights
 from .ranks import greedy_ranks, theta_rank
+
+PROBE_CLIPS = 8  # the first this many calibration windows measure the gains (more did no better: docs/results.md)
 
 
 class _Probe(nn.Module):
@@ -58,11 +60,12 @@ def measure_gains(
     from tqdm.auto import tqdm
 
     encoder = copy.deepcopy(model.get_encoder() if hasattr(model, "get_encoder") else model).eval()
-    dev = next(encoder.parameters()).device
-    hidden = [encoder_inputs(encoder, features, batch_size).to(dev)]  # a few probe clips: kept on the device
-    for layer in encoder.layers:  # dense inputs of every layer for the probe clips
-        hidden.append(torch.cat([layer(h, None) for h in hidden[-1].split(batch_size)]))
-    ref = encoder.layer_norm(hidden[-1])
+    p = next(encoder.parameters())
+    dev = p.device
+    # The dense encoder's own forward on the few probe clips (kept on the device): every layer's input, the output.
+    per_batch = [encoder(input_features=f.to(dev, p.dtype), output_hidden_states=True).hidden_states
+                 for f in features.split(batch_size)]
+    *hidden, ref = (torch.cat(states) for states in zip(*per_batch))
     w = frame_weights(real.to(torch.long), ref.shape[1], pad_weight).to(dev)
     gains = {}
     for name in tqdm(pcas, desc="sensitivity", unit="linear", disable=not progress):

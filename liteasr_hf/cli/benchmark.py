@@ -41,18 +41,11 @@ import time
 
 import torch
 
+from ..evaluation.random_e2e import RANDOM_SHAPES
 from ..lite_whisper.configuration_lite_whisper import ATTENTION_PROJECTIONS, LOW_RANK_SHAPES
+from .options import DTYPES, torch_dtype
 
-# Whisper encoder shapes: d_model, layers, heads, mel bins.
-MODELS = {
-    "tiny": (384, 4, 6, 80),
-    "base": (512, 6, 8, 80),
-    "small": (768, 12, 12, 80),
-    "medium": (1024, 24, 16, 80),
-    "large-v3": (1280, 32, 20, 128),
-}
 PROJECTIONS = tuple(LOW_RANK_SHAPES)
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 MODES = ("eager", "cuda-graph", "compile", "compile-cudagraphs")
 
 
@@ -67,7 +60,7 @@ def round16(x):
 def whisper_config(name, frames):
     from transformers import WhisperConfig
 
-    d, layers, heads, mels = MODELS[name]
+    d, layers, _, heads, mels, _ = RANDOM_SHAPES[name]
     return WhisperConfig(
         d_model=d, encoder_layers=layers, encoder_attention_heads=heads, encoder_ffn_dim=4 * d,
         decoder_layers=1, decoder_attention_heads=heads, decoder_ffn_dim=4 * d,
@@ -384,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--model", nargs="+", choices=sorted(MODELS), default=None,
+    p.add_argument("--model", nargs="+", choices=sorted(RANDOM_SHAPES), default=None,
                    help="Whisper encoder shape(s); ignored when --ranks names a checkpoint config")
     p.add_argument("--ranks", default="c-like",
                    help="rank profile: 'c-like' (paper's (c): attn 304 / fc 480 at d=1280, scaled), "
@@ -438,7 +431,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), torch_dtype(args.dtype)
     if device.type == "cpu" and os.environ.get("LITEASR_ATTENTION", "").lower() == "triton":
         print("# warning: LITEASR_ATTENTION=triton on the CPU runs Triton's interpreter: its timings are meaningless",
               file=sys.stderr)
@@ -473,7 +466,7 @@ def main(argv=None) -> int:
             head_dim = config.d_model // config.encoder_attention_heads
     if args.core_ranks:
         if head_dim is None:
-            d, _, h, _ = MODELS[args.model[0]]
+            d, _, _, h, _, _ = RANDOM_SHAPES[args.model[0]]
             head_dim = d // h
         result["attention_core"] = bench_attention_core(args, device, dtype, head_dim)
 

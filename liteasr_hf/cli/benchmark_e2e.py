@@ -28,6 +28,8 @@ import math
 import os
 import sys
 
+from .options import DTYPES, torch_dtype
+
 DEFAULT_ROWS = ["dense/fp32/full", "dense/bf16/full", "dense/cpu-int8/strided", "lite/fp32/full", "lite/cpu-bf16/strided",
                 "lite/cpu-int8/strided"]
 CONTEXTS = ("full", "dynamic", "strided", "full-strided")
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "NAME=RANK pairs, as `liteasr-hf benchmark --ranks`")
     g.add_argument("--tokens", type=int, default=64, help="new tokens decoded per clip in --random-shape rows")
     g.add_argument("--device", default=None, help="--random-shape rows: cuda or cpu (default: cuda if available)")
-    g.add_argument("--random-dtype", default=None, choices=["fp16", "bf16", "fp32"], help="--random-shape rows (default: fp16 on CUDA, fp32 on CPU)")
+    g.add_argument("--random-dtype", default=None, choices=sorted(DTYPES), help="--random-shape rows (default: fp16 on CUDA, fp32 on CPU)")
     return p
 
 
@@ -156,7 +158,7 @@ def random_main(args) -> int:
     from .benchmark import rank_profile
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = e2e.DTYPES[args.random_dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    dtype = torch_dtype(args.random_dtype or ("fp16" if device.type == "cuda" else "fp32"))
     clips = [c for _, group in load_groups(args.dataset, split=args.split, limit=args.limit) for c in group]
     dense = r.random_whisper(args.random_shape, device, dtype)
     lite = r.random_lite(dense, rank_profile(args.random_ranks, dense.config))
@@ -255,7 +257,8 @@ def main(argv=None) -> int:
 
     def model(kind, dtype):
         if (kind, dtype) not in models:
-            m, processor, _ = load_model(args.lite if kind == "lite" else args.dense, dtype=e2e.DTYPES.get(dtype, torch.float32))
+            weights = torch_dtype(dtype) if dtype in DTYPES else torch.float32  # cpu*: optimize_for_cpu's own
+            m, processor, _ = load_model(args.lite if kind == "lite" else args.dense, dtype=weights)
             m = e2e.as_lite(m)
             if dtype.startswith("cpu"):
                 m = optimize_for_cpu(m, decoder={"cpu": "fp32", "cpu-bf16": "bf16", "cpu-int8": "int8"}[dtype])

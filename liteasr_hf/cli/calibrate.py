@@ -1,9 +1,9 @@
 """`liteasr-hf calibrate`: compress a Whisper encoder with LiteASR and write a ready-to-use lite checkpoint folder.
 
 With no arguments: the bundled real Whisper base, the shipped clips' calibration split, ranks for 80 % of the dense
-encoder allocated by measured sensitivity, dynamic encoder context 10 / 15 / 20 s -> outputs/lite-whisper-base-size80
-(offline). Every compression option is a field of liteasr_hf.CompressionConfig; this command is argparse -> config ->
-compress -> save.
+encoder allocated by measured sensitivity, the default dynamic encoder context -> outputs/lite-whisper-base-size80
+(offline). Every compression option is a field of liteasr_hf.CompressionConfig, its help written there once; this
+command is argparse -> config -> compress -> save. What each default rests on: docs/results.md.
 
   liteasr-hf calibrate --model openai/whisper-small --dataset path/to/audiofolder --save-stats stats.safetensors
   liteasr-hf calibrate --resume-stats stats.safetensors --target-size 0.6          # no audio pass
@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 import time
 
-DTYPES = ("float32", "float16", "bfloat16")
+from .options import DTYPES
+
 PER_DATASET = ("split", "split_file", "dataset_config", "audio_column")
 
 
@@ -49,15 +51,13 @@ class _DatasetOption(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..calibration.config import ALLOCATIONS, DEFAULT_CONTEXT_BUCKETS, DEFAULT_PADDING_STRIDE, DEFAULT_TARGET_SIZE, REFINE_TRAIN, SEQUENTIAL_MODES
-    from ..calibration.ranks import PRESET_ALIASES, PRESETS
     from ..conversion import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="liteasr-hf calibrate", description=__doc__, formatter_class=_Formatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help="dense Whisper: Hub id, local folder or bundled name")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; the process's device under accelerate)")
-    g.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the dense forward passes and of the saved weights")
+    g.add_argument("--dtype", default="float32", choices=list(DTYPES.values()), help="dtype of the dense forward passes and of the saved weights")
     g = p.add_argument_group("calibration audio (repeat --dataset to mix datasets; the options after one are its own)")
     g.add_argument("--dataset", dest="datasets", action=_Dataset, default=None,
                    help="local audiofolder or Hub dataset id (default: the clips shipped with liteasr_hf)")
@@ -67,51 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset-config", action=_DatasetOption, default=None, help="Hub dataset config")
     g.add_argument("--audio-column", action=_DatasetOption, default="audio", help="column holding the audio in a Hub dataset")
     g.add_argument("--num-clips", type=int, default=None, help="use this many clips of each dataset, drawn with --seed (a Hub dataset: through a seeded shuffle buffer of 1,000 rows); default all")
-    g.add_argument("--seed", type=int, default=0, help="seeds the --num-clips draw and the refinement (held-back clips, batches)")
     g.add_argument("--batch-size", type=int, default=8, help="30 s windows per forward pass")
-    g = p.add_argument_group("compression (liteasr_hf.CompressionConfig)")
-    g.add_argument("--preset", default=None, choices=list(PRESETS) + list(PRESET_ALIASES),
-                   help="θ presets: " + ", ".join(f"{k} {v}" for k, v in PRESETS.items()) +
-                        f" (default without --preset/--theta-*/--target-size: --target-size {DEFAULT_TARGET_SIZE} with sensitivity allocation)")
-    g.add_argument("--theta-attn", type=float, default=None, help="variance kept by attention linears, in (0, 1) (overrides the preset's)")
-    g.add_argument("--theta-mlp", type=float, default=None, help="variance kept by MLP linears, in (0, 1) (overrides the preset's)")
-    g.add_argument("--target-size", type=float, default=None, help="encoder parameters as a fraction of dense, in (0, 1]: greedy allocation instead of θ")
-    g.add_argument("--allocation", default="sensitivity", choices=ALLOCATIONS,
-                   help="with --target-size: ranks by each linear's measured effect on the encoder output per parameter "
-                        "(lower WER at every size measured, docs/results.md) or by its own variance kept per parameter")
-    g.add_argument("--padding-weight", default="0.5", help="share of the mean/covariance given to padding frames, in [0, 1]; 'all' = every frame alike (paper)")
-    g.add_argument("--sequential", default="off", choices=SEQUENTIAL_MODES,
-                   help="off = every linear from the dense statistics (paper); dense+residual = layer by layer, each linear "
-                        "fitted by reduced-rank regression to the dense outputs (undoes upstream error; ~10x slower)")
-    g.add_argument("--probe-clips", type=int, default=8, help="the first this many calibration windows measure each linear's sensitivity")
-    g.add_argument("--stages", type=float, nargs="+", default=[], metavar="SIZE",
-                   help="compress progressively: first to these sizes (descending, above --target-size), each stage re-measured "
-                        "on the calibration windows and refined with --refine-steps; each stage costs one more statistics pass")
-    g = p.add_argument_group("refinement (off unless --refine-steps)")
-    g.add_argument("--refine-steps", type=int, default=0,
-                   help="refine the factors at most this many steps on encoder-output MSE, early stopping on held-back windows "
-                        "(tiny.en 80 %%: 6.54 -> 5.71 %% WER on speech-dev; base unchanged; ~5-12 s a step on 2 CPU cores)")
-    g.add_argument("--refine-lr", type=float, default=1e-4, help="Adam learning rate")
-    g.add_argument("--refine-warmup", type=int, default=0, help="steps over which the learning rate rises linearly to --refine-lr")
-    g.add_argument("--refine-train", default="factors", choices=REFINE_TRAIN, help="what may change: the factors and biases, plus the layer norms, or every encoder weight")
-    g.add_argument("--refine-kl", type=float, default=0.0,
-                   help="weight of the decoder KL on the dense model's greedy transcripts (0 = encoder MSE only); use a lower "
-                        "--refine-lr (3e-5) and --refine-warmup 25 with it")
-    g.add_argument("--refine-context", action="store_true",
-                   help="refine at the dynamic context: loss the decoder KL against the dense model on the full window, no "
-                        "encoder MSE (tiny.en 80 %% at an 8 s floor: 6.36 against 24.42 %% WER unrefined); needs --refine-steps and --refine-kl")
-    g = p.add_argument_group("dynamic encoder context (written into the checkpoint's config.json)")
-    g.add_argument("--context-buckets", nargs="+", default=None, metavar="SECONDS",
-                   help="the encoder runs on the smallest of these contexts (seconds) that holds the audio plus --context-margin, "
-                        "else on the full 30 s window; 'full' = always the full window, as Whisper (default: "
-                        f"{' '.join(f'{b:g}' for b in DEFAULT_CONTEXT_BUCKETS)}, those shorter than the model's window; 10 s cost "
-                        "no WER on speech-dev's calibration clips, 8 s and below loop without --refine-context)")
-    g.add_argument("--context-margin", type=float, default=1.0, help="seconds of the padding after the audio the encoder keeps")
-    g.add_argument("--padding-stride", type=int, default=DEFAULT_PADDING_STRIDE, metavar="N",
-                   help="past the audio plus --context-margin the encoder runs on one padding frame in N, each standing for "
-                        f"its N neighbours; 1 = every frame (default {DEFAULT_PADDING_STRIDE}: base 80 %% on a 2-core CPU 1.30x / 1.45x faster "
-                        "end to end at batch 1 / 8 than every frame; no transcript of speech-dev's calibration clips changed, "
-                        "one of its 115 evaluation clips did)")
+    groups = {"compression": p.add_argument_group("compression (liteasr_hf.CompressionConfig)"),
+              "refinement": p.add_argument_group("refinement (off unless --refine-steps)"),
+              "context": p.add_argument_group("dynamic encoder context (written into the checkpoint's config.json)")}
+    for group, name, kw in compression_options():
+        groups[group].add_argument("--" + name.replace("_", "-"), dest=name, **kw)
+    g = groups["context"]
     g.add_argument("--context-only", action="store_true",
                    help="no compression: the dense model wrapped as lite-whisper with no low-rank layer, only the dynamic context (no audio is read)")
     g = p.add_argument_group("statistics")
@@ -127,33 +89,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def to_config(args):
-    """The CompressionConfig the options describe (ValueError naming the field for a bad value)."""
+def compression_options() -> list[tuple[str, str, dict]]:
+    """(group, field name, argparse keywords) of every CompressionConfig field, from the field's metadata: its help
+    (fields named in backticks shown as options) with its default. The argparse default is SUPPRESS: an option not
+    given leaves the field to CompressionConfig's own default."""
+    from dataclasses import fields
+
     from ..calibration import CompressionConfig
 
-    if args.context_buckets is None:
-        buckets = "auto"
-    elif [b.lower() for b in args.context_buckets] == ["full"]:
-        buckets = None
-    else:
-        try:
-            buckets = [float(b) for b in args.context_buckets]
-        except ValueError:
-            raise ValueError(f"--context-buckets takes seconds or 'full', got {' '.join(args.context_buckets)}") from None
-    try:
-        padding = None if args.padding_weight == "all" else float(args.padding_weight)
-    except ValueError:
-        raise ValueError(f"--padding-weight takes a number in [0, 1] or 'all', got {args.padding_weight!r}") from None
-    return CompressionConfig(
-        target_size=args.target_size, preset=args.preset, theta_attn=args.theta_attn, theta_mlp=args.theta_mlp,
-        allocation=args.allocation, padding_weight=padding, sequential=args.sequential, probe_clips=args.probe_clips,
-        stages=args.stages, refine_steps=args.refine_steps, refine_lr=args.refine_lr, refine_warmup=args.refine_warmup,
-        refine_train=args.refine_train, refine_kl=args.refine_kl, refine_context=args.refine_context,
-        context_buckets=buckets, context_margin=args.context_margin, padding_stride=args.padding_stride, seed=args.seed)
+    names = {f.name for f in fields(CompressionConfig)}
+
+    def as_options(text):
+        return re.sub(r"`(\w+)`", lambda m: "--" + m[1].replace("_", "-") if m[1] in names else m[0], text)
+
+    out = []
+    for f in fields(CompressionConfig):
+        meta = dict(f.metadata)
+        text, group, parse, shown = meta.pop("help"), meta.pop("group"), meta.pop("parse", None), meta.pop("default_text", None)
+        if shown is None and f.default not in (None, False, ()):
+            shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+        kw = {"default": argparse.SUPPRESS, "help": as_options(text + (f" (default: {shown})" if shown else "")).replace("%", "%%")}
+        kind = meta.pop("type", None) or (str if f.default is None else type(f.default))
+        if isinstance(f.default, bool):
+            kw["action"] = "store_true"
+        elif parse is None:
+            kw["type"] = kind
+        elif not meta.get("nargs"):  # one value: argparse parses it, naming the field in its error
+            kw["type"] = _named(parse, f.name)
+        kw.update(meta)  # a list with its own parser is parsed whole by to_config
+        out.append((group, f.name, kw))
+    return out
 
 
-def load_audio(args):
-    """(clips of every --dataset, one description)."""
+def _named(parse, name):
+    """`parse` under the field's name, which argparse's "invalid <name> value" error shows."""
+    def typed(text):
+        return parse(text)
+
+    typed.__name__ = name
+    return typed
+
+
+def to_config(args):
+    """The CompressionConfig the options describe (ValueError naming the field for a bad value)."""
+    from dataclasses import fields
+
+    from ..calibration import CompressionConfig
+
+    given = {f.name: getattr(args, f.name) for f in fields(CompressionConfig) if hasattr(args, f.name)}
+    for f in fields(CompressionConfig):
+        parse = f.metadata.get("parse")
+        if f.name in given and parse is not None and f.metadata.get("nargs"):
+            given[f.name] = parse(given[f.name])
+    return CompressionConfig(**given)
+
+
+def load_audio(args, seed: int):
+    """(clips of every --dataset, one description); --num-clips draws with `seed`."""
     from ..audio import calibration_clips
 
     specs = args.datasets or [{"dataset": None}]
@@ -161,7 +153,7 @@ def load_audio(args):
     for spec in specs:
         opts = {k: spec.get(k, getattr(args, k)) for k in PER_DATASET}
         got, name = calibration_clips(spec["dataset"], split=opts["split"], split_file=opts["split_file"], config=opts["dataset_config"],
-                                      audio_column=opts["audio_column"], num_clips=args.num_clips, seed=args.seed)
+                                      audio_column=opts["audio_column"], num_clips=args.num_clips, seed=seed)
         clips += got
         names.append(f"{name} ({len(got)} clips)" if len(specs) > 1 else name)
     return clips, " + ".join(names)
@@ -214,7 +206,7 @@ def main(argv=None) -> int:
               f"padding stride {config.padding_stride}; "
               f"{time.perf_counter() - t0:.1f} s\nwrote {out}")
         return 0
-    clips, data_name = load_audio(args)
+    clips, data_name = load_audio(args, config.seed)
     compressor = Compressor(model, processor, clips, batch_size=args.batch_size, resume_stats=args.resume_stats,
                             save_stats=args.save_stats, save_every=args.save_every, progress=not args.no_progress)
     lite = compressor.compress(config)

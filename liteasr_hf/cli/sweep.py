@@ -1,7 +1,7 @@
 """`liteasr-hf sweep`: calibrate once, compress at every grid point, score each, plot the frontier.
 
     liteasr-hf sweep --model bundled/whisper-base --dataset ../shared/data/speech-dev \\
-        --presets a b c --target-sizes 0.75 0.6 0.5 --paper --sensitivity-sizes 0.8 0.65 \\
+        --presets a b c --paper --sensitivity-sizes 0.8 0.65 \\
         --refine-sizes 0.8 0.65 --reference bundled/whisper-tiny.en --figures-dir model_cards/figures/base
 
 Writes sweep.md / sweep.json (one row per grid point, the dense model first; each point's WER minus dense
@@ -25,10 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluation-split", default="evaluation", help="split.json key of the clips scored for WER")
     p.add_argument("--presets", nargs="*", default=["a", "b", "c"], help="θ presets (a/b/c or quality/balanced/fast)")
     p.add_argument("--theta", nargs="*", default=[], metavar="ATTN,MLP", help="extra θ pairs, e.g. 0.995,0.995")
-    p.add_argument("--target-sizes", nargs="*", type=float, default=[0.75, 0.6, 0.5],
-                   help="size targets for ranks allocated by variance kept per parameter (default 0.75 0.6 0.5)")
     p.add_argument("--sensitivity-sizes", nargs="*", type=float, default=[],
-                   help="size targets for ranks allocated by measured sensitivity (calibrate.py --allocation sensitivity), e.g. 0.8 0.65")
+                   help="size targets for ranks allocated by measured sensitivity (liteasr-hf calibrate --target-size), e.g. 0.8 0.65")
     p.add_argument("--refine-sizes", nargs="*", type=float, default=[],
                    help="size targets for sensitivity allocation followed by factor refinement (encoder MSE), e.g. 0.8 0.65")
     p.add_argument("--refine-steps", nargs="+", type=int, default=[90],
@@ -38,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-lr", type=float, default=1e-4, help="refinement learning rate (with --refine-sizes)")
     p.add_argument("--refine-warmup", type=int, default=0, help="steps over which the refinement learning rate rises to --refine-lr")
     p.add_argument("--padding-weight", default="0.5", help="padding frames' share of the statistics; 'all' = every frame alike (paper)")
-    p.add_argument("--paper", action="store_true", help="also draw the θ presets and target sizes with the paper's all-frames statistics")
+    p.add_argument("--paper", action="store_true", help="also draw the θ presets with the paper's all-frames statistics")
     p.add_argument("--reference", action="append", default=[], help="other dense models drawn as reference points")
     p.add_argument("--stats", help="statistics file, reused when present (default: <output-dir>/stats.safetensors)")
     p.add_argument("--limit", type=int, help="at most this many evaluation clips")
@@ -51,15 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from ..audio import load_clips
-    from ..calibration import Compressor
-    from ..calibration.compressor import load_whisper
+    from ..calibration import Compressor, load_whisper
+    from ..calibration.config import padding_weight_arg
     from ..evaluation import load_groups
-    from ..evaluation.sweep import run_sweep, sensitivity_method, sweep_markdown, target_size_method, theta_method
+    from ..evaluation.sweep import run_sweep, sensitivity_method, sweep_markdown, theta_method
 
     p = build_parser()
     args = p.parse_args(argv)
     try:
-        pw = None if args.padding_weight == "all" else float(args.padding_weight)
+        pw = padding_weight_arg(args.padding_weight)
     except ValueError:
         p.error(f"--padding-weight takes a number in [0, 1] or 'all', got {args.padding_weight!r}")
     model, processor = load_whisper(args.model)
@@ -72,10 +70,6 @@ def main(argv=None) -> int:
     methods = [theta_method(thetas, pw)] if thetas else []
     if args.paper and thetas:
         methods.append(theta_method(thetas, None, name="θ rule, all frames (paper)"))
-    if args.target_sizes:
-        methods.append(target_size_method(args.target_sizes, pw))
-        if args.paper:
-            methods.append(target_size_method(args.target_sizes, None, name="target size, all frames (paper)"))
     if args.sensitivity_sizes:
         methods.append(sensitivity_method(args.sensitivity_sizes, pw))
     for steps in args.refine_steps if args.refine_sizes else ():

@@ -17,15 +17,12 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from ..audio import SAMPLING_RATE
 from ..generation import quiet_length_warning
-from .run import repeated_ngram, transcribe
+from .run import as_lite, repeated_ngram, transcribe  # noqa: F401  as_lite: e2e.as_lite of benchmark-e2e
 from .wer import wer_difference, word_errors
 
 logger = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -55,15 +52,6 @@ class EncoderTimer:
     def remove(self):
         for h in self._handles:
             h.remove()
-
-
-def as_lite(model):
-    """A lite-whisper copy of a dense Whisper with no low-rank layer (so it takes a dynamic context); a lite model as is."""
-    from ..lite_whisper import LiteWhisperForConditionalGeneration
-
-    if isinstance(model, LiteWhisperForConditionalGeneration):
-        return model
-    return LiteWhisperForConditionalGeneration.from_whisper(model)
 
 
 def transformers_runner(model, processor, *, batch_size, buckets, margin, path, gen, timer_box, padding_stride=1):
@@ -216,8 +204,7 @@ def faster_whisper_runner(folder, compute_type, threads, language, max_new_token
     """`_faster_whisper_in_process`'s runner, run in a worker process of its own (`Worker`): a callable(audios) ->
     (texts, capped) that sends the audios there and waits, or None when faster-whisper is not installed. The rows still
     take turns in one run; apart, neither engine's runtime (CTranslate2 brings its own OpenMP) shares a process with the
-    other's. With faster-whisper in the same process, the lite bf16 row of a 40-clip run took 7.5 s against 4.7 s
-    without it, and dense 32.1 against 29.1 s (docs/benchmarks.md, run 21)."""
+    other's: in one process with faster-whisper the transformers rows ran slower (docs/benchmarks.md)."""
     worker = Worker(_faster_whisper_in_process, (folder, compute_type, threads, language, max_new_tokens, batch_size),
                     "faster-whisper")
     if not worker.ready:

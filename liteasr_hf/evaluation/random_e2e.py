@@ -17,7 +17,8 @@ import torch
 
 from ..generation import quiet_length_warning
 
-# d_model, encoder layers, decoder layers, attention heads, mel bins, vocabulary
+# Whisper's shapes: d_model, encoder layers, decoder layers, attention heads, mel bins, vocabulary (also the encoder
+# shapes of `liteasr-hf benchmark`)
 RANDOM_SHAPES = {
     "tiny": (384, 4, 4, 6, 80, 51865),
     "base": (512, 6, 6, 8, 80, 51865),

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from ..audio import SAMPLING_RATE, Clip, load_clips
+from ..calibration.compressor import load_model
 from ..generation import MAX_NEW_TOKENS, generate_kwargs, quiet_length_warning
 from ..lite_whisper.context_lite_whisper import ContextPlan, pop_context
 from .flops import encoder_cost
@@ -43,20 +44,13 @@ class Utterance:
     language: str | None = None
 
 
-def load_model(name: str, device="cpu", dtype=None):
-    """(model, processor, local path or Hub id) for a bundled name, a local folder or a Hub id."""
-    import liteasr_hf  # noqa: F401  registers the lite-whisper model type with the Auto classes
-    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+def as_lite(model):
+    """A lite-whisper copy of a dense Whisper with no low-rank layer (so it takes a dynamic context); a lite model as is."""
+    from ..lite_whisper import LiteWhisperForConditionalGeneration
 
-    from ..conversion import load_error, resolve_model
-
-    path = resolve_model(name)
-    try:
-        model = AutoModelForSpeechSeq2Seq.from_pretrained(path, dtype=dtype or torch.float32)
-        processor = AutoProcessor.from_pretrained(path)
-    except OSError as e:
-        raise load_error(name, path, e) from e
-    return model.to(device).eval(), processor, path
+    if isinstance(model, LiteWhisperForConditionalGeneration):
+        return model
+    return LiteWhisperForConditionalGeneration.from_whisper(model)
 
 
 def load_groups(dataset: str | None, *, split=None, split_file=None, config=None, audio_column="audio", text_column=None,
@@ -224,8 +218,6 @@ def evaluate_model(name: str, groups, *, batch_size=8, language=None, task=None,
     gen = generate_kwargs(model, language, task, max_new_tokens)
     context = {}  # the encoder context of every generate call: the checkpoint's, or these buckets
     if context_buckets != "config":
-        from .end_to_end import as_lite
-
         model = as_lite(model)
         context = {"encoder_context": model.get_encoder().context_settings().replace(buckets=context_buckets)}
         gen = dict(gen, **context)

@@ -3,8 +3,8 @@
 A curve is a `Method`: its name and grid points, each a label and the `CompressionConfig` that builds it (the
 built-in curves score the full 30 s window, like the dense row: they compare compressions, not contexts). Every
 point is compressed by one `Compressor`, so the statistics pass, spectra, sensitivity gains and the dense model's
-outputs are computed once for the whole sweep. `theta_method`, `target_size_method` and `sensitivity_method` build
-the usual curves; any list of configs is a curve too.
+outputs are computed once for the whole sweep. `theta_method` and `sensitivity_method` build the usual curves; any
+list of configs is a curve too.
 """
 
 from __future__ import annotations
@@ -39,22 +39,14 @@ def theta_method(points: Sequence = ("a", "b", "c"), padding_weight=DEFAULT_PADD
     return Method(name or f"θ rule ({_weighting(padding_weight)})", pts)
 
 
-def target_size_method(sizes: Sequence[float] = (0.75, 0.6, 0.5), padding_weight=DEFAULT_PADDING_WEIGHT, name=None) -> Method:
-    """Greedy rank allocation by variance kept per parameter under an encoder size budget."""
-    return Method(name or f"target size ({_weighting(padding_weight)})",
-                  [(f"{s:.0%}", CompressionConfig(target_size=s, allocation="variance", padding_weight=padding_weight,
-                                                     context_buckets=None)) for s in sizes])
-
-
-def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFAULT_PADDING_WEIGHT, probe_clips: int = 8,
+def sensitivity_method(sizes: Sequence[float] = (0.8, 0.65), padding_weight=DEFAULT_PADDING_WEIGHT,
                        refine: dict | None = None, name=None) -> Method:
     """Ranks for a size target by each linear's measured effect on the encoder output; with `refine`
     (CompressionConfig's refine_* fields without the prefix, `steps` at least) the factors are then refined. The
     curve's name lists the refine settings that differ from CompressionConfig's defaults."""
     refine = dict(refine or {})
     options = {f"refine_{k}": v for k, v in refine.items()}
-    pts = [(f"{s:.0%}", CompressionConfig(target_size=s, padding_weight=padding_weight, probe_clips=probe_clips,
-                                          context_buckets=None, **options))
+    pts = [(f"{s:.0%}", CompressionConfig(target_size=s, padding_weight=padding_weight, context_buckets=None, **options))
            for s in sizes]
     if name is None:
         name = "sensitivity allocation"

@@ -1,16 +1,12 @@
-"""Sequential calibration and sensitivity allocation on a tiny random Whisper (CPU, seconds)."""
-
-import copy
+"""Frame weights and sensitivity allocation on a tiny random Whisper (CPU, seconds)."""
 
 import torch
 
 from modeling_utils import SMALL_MELS, tiny_features, tiny_whisper
 
-from liteasr_hf.calibration.factors import apply_factors_, factorize
 from liteasr_hf.calibration.features import frame_weights
-from liteasr_hf.calibration.ranks import linear_budget, linear_dims, linear_params, theta_ranks
+from liteasr_hf.calibration.ranks import linear_budget, linear_dims, linear_params
 from liteasr_hf.calibration.sensitivity import allocate, measure_gains
-from liteasr_hf.calibration.sequential import calibrate, fixed_ranks
 from liteasr_hf.calibration.stats import CalibrationStats, spectra
 
 
@@ -25,40 +21,6 @@ def test_frame_weights_sum_to_one_and_split():
     torch.testing.assert_close(w.sum(1), torch.ones(2))
     torch.testing.assert_close(w[0, :10].sum(), torch.tensor(0.5))
     torch.testing.assert_close(frame_weights(torch.tensor([10]), 60, None)[0], torch.full((60,), 1 / 60))
-
-
-def test_sequential_full_rank_reproduces_dense():
-    model, (feats, real) = tiny_whisper(**SMALL_MELS), tiny_features()
-    # θ -> 1 keeps every component; eq. 8 would keep such linears dense, so force full ranks.
-    ranks = {n: d_out for n, (_, d_out) in linear_dims(model.get_encoder()).items()}
-    candidates = {"one pass": factorize(model.get_encoder(), one_pass(model, feats, real), ranks)}
-    for target in ("self", "dense+residual"):
-        candidates[target], got, _ = calibrate(model, feats, real, fixed_ranks(ranks), target=target, progress=False)
-        assert got == ranks
-    for factors in candidates.values():
-        assert len(factors) == len(ranks)
-        lite = apply_factors_(copy.deepcopy(model.get_encoder()), factors)
-        with torch.no_grad():
-            ref = model.get_encoder()(feats).last_hidden_state
-            torch.testing.assert_close(lite(feats).last_hidden_state, ref, rtol=1e-4, atol=1e-4)
-
-
-def test_error_compensation_beats_the_paper_at_equal_ranks():
-    model, (feats, real) = tiny_whisper(**SMALL_MELS), tiny_features(n=12)
-    enc = model.get_encoder()
-    pcas = one_pass(model, feats, real)
-    ranks = theta_ranks({n: p[1] for n, p in pcas.items()}, linear_dims(enc), 0.9, 0.9)
-    assert all(k is None or k % 16 == 0 for k in ranks.values()) and any(ranks.values())
-    errs = {}
-    candidates = {"self": factorize(enc, pcas, ranks)}  # the paper's one-pass factors
-    for target in ("dense", "dense+residual"):
-        candidates[target], _, _ = calibrate(model, feats, real, fixed_ranks(ranks), target=target, progress=False)
-    for target, factors in candidates.items():
-        lite = apply_factors_(copy.deepcopy(enc), factors)
-        with torch.no_grad():
-            w = frame_weights(real, 60)
-            errs[target] = float((((lite(feats).last_hidden_state - enc(feats).last_hidden_state) ** 2).mean(-1) * w).sum())
-    assert errs["dense+residual"] < errs["dense"] < 0.8 * errs["self"], errs
 
 
 def test_allocate_never_exceeds_budget():
