@@ -26,10 +26,11 @@ import sys
 import time
 from collections import defaultdict
 
+from .options import DTYPES
+
 # What a folder or a pattern contributes; a file named directly is read whatever its extension.
 AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "m4a", "m4b", "aac", "ogg", "oga", "opus", "wma", "aif", "aiff",
                     "webm", "mp4", "mkv", "mov", "avi")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="speech pieces decoded at once (default 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu; with cuda under accelerate launch, "
                    "each process's own GPU)")
-    p.add_argument("--dtype", choices=DTYPES, default="auto",
+    p.add_argument("--dtype", choices=("auto", *DTYPES.values()), default="auto",
                    help="weights and activations; auto: the fast choice for the device: on a CPU bfloat16 where it is "
                         "native, else float32 with an int8 decoder; on CUDA float16 (default auto)")
     p.add_argument("--mode", choices=["vad", "sequential"], default="vad",

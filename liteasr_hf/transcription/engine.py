@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLING_RATE
+from ..cli.options import DTYPES, torch_dtype
 from ..generation import quiet_length_warning
 from ..lite_whisper.context_lite_whisper import ContextPlan, ContextSettings
 from ..lite_whisper.modeling_lite_whisper import COMPRESSION_RATIO_THRESHOLD, repetition_suspected
@@ -35,7 +36,6 @@ from .result import Segment, Transcription, Word
 logger = logging.getLogger(__name__)
 
 MODES = ("vad", "sequential")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)  # Whisper's, after greedy
 TOKENS_PER_SECOND = 10  # a cap per piece: fast speech is ~5 tokens a second; past 2x that a piece is looping
 EXTRA_TOKENS = 32
@@ -101,8 +101,8 @@ class Transcriber:
                  max_piece_seconds: float | None = None, vad: VadOptions | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if dtype != "auto" and dtype not in DTYPES:
-            raise ValueError(f"dtype must be 'auto' or one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype != "auto" and dtype not in DTYPES.values():
+            raise ValueError(f"dtype must be 'auto' or one of {', '.join(DTYPES.values())}, got {dtype!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         if task not in ("transcribe", "translate"):
@@ -158,9 +158,9 @@ class Transcriber:
             if dtype == "auto":
                 model = optimize_for_cpu(model)
             else:
-                model = optimize_for_cpu(model, dtype=DTYPES[dtype], decoder={torch.float32: "fp32"}.get(DTYPES[dtype]))
+                model = optimize_for_cpu(model, dtype=torch_dtype(dtype), decoder="fp32" if dtype == "float32" else None)
         else:
-            model = model.to(torch.float16 if dtype == "auto" else DTYPES[dtype])
+            model = model.to(torch.float16 if dtype == "auto" else torch_dtype(dtype))
         return model, processor
 
     # ---- one recording ---------------------------------------------------------------------------------------
