@@ -24,7 +24,7 @@ import torch
 
 from liteasr_hf.lite_whisper import attention_lite_whisper
 from liteasr_hf.lite_whisper.attention_lite_whisper import (
-    KERNELS,
+    OP_NAME,
     attention_core,
     attention_core_op,
     attention_core_reference,
@@ -32,22 +32,23 @@ from liteasr_hf.lite_whisper.attention_lite_whisper import (
     kernel_unavailable_reason,
     use_kernel,
 )
+from liteasr_hf.lite_whisper.configuration_lite_whisper import ATTENTION_KERNELS
 from liteasr_hf.lite_whisper.triton_attention_lite_whisper import (
     HAS_TRITON,
+    INTERPRETED,
     attention_core_triton,
-    interpreter_enabled,
     split_dim,
     supported,
     value_tile,
 )
 
 needs_interpreter = pytest.mark.skipif(
-    not (HAS_TRITON and interpreter_enabled()),
+    not (HAS_TRITON and INTERPRETED),
     reason="CPU kernel tests need triton and TRITON_INTERPRET=1 set before triton is imported "
     "(run `make test`, or `TRITON_INTERPRET=1 python -m pytest tests/test_kernel.py`)",
 )
 needs_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and HAS_TRITON and not interpreter_enabled()),
+    not (torch.cuda.is_available() and HAS_TRITON and not INTERPRETED),
     reason="needs CUDA, triton and TRITON_INTERPRET unset (`make test TRITON_INTERPRET=0` on a GPU machine)",
 )
 
@@ -158,7 +159,7 @@ def test_bad_kernel_choice_names_the_field(kernel):
     q, k, v, kb = make_inputs(1, 2, 9, 9, 16, 16, 1, 1, True, torch.float32)
     with pytest.raises(ValueError, match="attention_kernel must be one of 'auto', 'triton', 'reference'"):
         attention_core(q, k, v, kb, kernel=kernel)
-    assert KERNELS == ("auto", "triton", "reference")
+    assert ATTENTION_KERNELS == ("auto", "triton", "reference")
 
 
 def test_bad_environment_override_names_the_variable(monkeypatch):
@@ -182,7 +183,7 @@ def test_triton_where_it_cannot_run_says_why(monkeypatch, kernel_calls, has_trit
     """Simulated: no triton, a CPU without the interpreter, CUDA under the interpreter, another device. "triton"
     raises (before looking at shapes or gradients); "auto" quietly takes the reference."""
     monkeypatch.setattr(attention_lite_whisper, "HAS_TRITON", has_triton)
-    monkeypatch.setattr(attention_lite_whisper, "interpreter_enabled", lambda: interpreted)
+    monkeypatch.setattr(attention_lite_whisper, "INTERPRETED", interpreted)
     assert message.split("'triton' ")[-1] in kernel_unavailable_reason(device)
     assert not kernel_available(device, "triton") and not kernel_available(device)
     if device == "cuda":
@@ -205,7 +206,7 @@ def test_environment_override_replaces_auto_only(monkeypatch):
     """LITEASR_ATTENTION decides for "auto" and nothing else. On CUDA (simulated: triton present, no interpreter),
     "auto" takes the kernel unless the override says reference; an explicit "triton" / "reference" always wins."""
     monkeypatch.setattr(attention_lite_whisper, "HAS_TRITON", True)
-    monkeypatch.setattr(attention_lite_whisper, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(attention_lite_whisper, "INTERPRETED", False)
     expect = {  # (LITEASR_ATTENTION, kernel) -> kernel on CUDA?
         (None, "auto"): True, ("reference", "auto"): False, ("auto", "auto"): True, ("triton", "auto"): True,
         ("reference", "triton"): True, ("Reference", "triton"): True, ("triton", "reference"): False,
@@ -272,6 +273,53 @@ def test_fake_impl_shapes():
         q, k, v = torch.empty(2, 3, 11, 48), torch.empty(2, 1, 13, 48), torch.empty(2, 1, 13, 80)
         out = attention_core_op(q, k, v, torch.empty(2, 3, 13))
     assert tuple(out.shape) == (2, 3, 11, 80) and out.dtype == torch.float32
+
+
+def load_copy(tmp_path, package, edit=None):
+    """The shipped attention files copied into a fresh package and imported from there, as trust_remote_code imports a
+    checkpoint's copy (transformers_modules.<checkpoint>.attention_lite_whisper). `edit` changes the attention
+    file's source, as another code version would."""
+    import importlib
+    import shutil
+    import sys
+
+    src = os.path.dirname(attention_lite_whisper.__file__)
+    folder = tmp_path / package
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    for name in ("attention_lite_whisper.py", "triton_attention_lite_whisper.py", "configuration_lite_whisper.py",
+                 "context_lite_whisper.py"):
+        shutil.copyfile(os.path.join(src, name), folder / name)
+    if edit is not None:
+        path = folder / "attention_lite_whisper.py"
+        path.write_text(edit(path.read_text()))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        return importlib.import_module(f"{package}.attention_lite_whisper")
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_two_copies_of_the_attention_files_load_in_one_process(tmp_path):
+    """Two checkpoints loaded with trust_remote_code import two copies of the attention module under other names. The
+    op's name carries a digest of the source: a copy of the same code uses the op already registered (no error for
+    registering it twice), a copy of other code registers its own, and each copy runs its own."""
+    same = load_copy(tmp_path, "ckpt_same")
+    other = load_copy(tmp_path, "ckpt_other", edit=lambda text: text + "\n# another version\n")
+    assert same.OP_NAME == OP_NAME and same.attention_core_op is attention_core_op
+    assert other.OP_NAME != OP_NAME and other.OP_NAME.startswith("liteasr::attention_core_")
+    assert other.attention_core_op is not attention_core_op
+    q, k, v, kb = make_inputs(1, 2, 9, 9, 16, 16, 1, 1, True, torch.float32)
+    for module in (same, other):  # the reference path, and the ops' fake implementations
+        torch.testing.assert_close(module.attention_core(q, k, v, kb), attention_core_reference(q, k, v, kb),
+                                   rtol=0, atol=0)
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode():
+            out = module.attention_core_op(torch.empty(1, 2, 9, 16), torch.empty(1, 1, 9, 16), torch.empty(1, 1, 9, 32))
+        assert tuple(out.shape) == (1, 2, 9, 32)
+    if HAS_TRITON and INTERPRETED:  # each copy's op launches its copy's kernel
+        check_fa_rule(other.attention_core(q, k, v, kb, kernel="triton"), q, k, v, kb)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,7 +389,7 @@ def test_triton_choice_uses_kernel_under_interpreter(kernel_calls):
 
 @needs_interpreter
 def test_opcheck_custom_op():
-    """Schema, fake tensor, and AOT dispatch checks of liteasr::attention_core (runs the kernel)."""
+    """Schema, fake tensor, and AOT dispatch checks of the attention-core custom op (OP_NAME; runs the kernel)."""
     q, k, v, kb = make_inputs(1, 2, 17, 17, 16, 32, 1, 1, True, torch.float32)
     torch.library.opcheck(attention_core_op.default, (q, k, v, kb))
     torch.library.opcheck(attention_core_op.default, (q, k, v, None))

@@ -10,7 +10,7 @@ import torch
 import liteasr_hf
 from liteasr_hf import LiteWhisperConfig, LiteWhisperForConditionalGeneration, LowRankLinear
 from liteasr_hf.lite_whisper import attention_lite_whisper, configuration_lite_whisper, modeling_lite_whisper
-from liteasr_hf.lite_whisper.triton_attention_lite_whisper import HAS_TRITON, interpreter_enabled
+from liteasr_hf.lite_whisper.triton_attention_lite_whisper import HAS_TRITON, INTERPRETED
 from modeling_utils import exact_factors, full_ranks, module_name, random_factors, tiny_config, tiny_whisper
 
 MIXED_RANKS = [  # head_dim is 16: ranks below it take the rank-space route, the 20s and dense sides do not
@@ -67,8 +67,7 @@ def test_config_rejects_bad_attention_kernel(value):
     with pytest.raises(ValueError, match="attention_kernel"):  # also when set later (as from_pretrained's kwargs are)
         config.attention_kernel = value
     assert config.attention_kernel == "auto"
-    # the config file repeats the attention module's list (it does not import it)
-    assert configuration_lite_whisper.ATTENTION_KERNELS == attention_lite_whisper.KERNELS
+    assert configuration_lite_whisper.ATTENTION_KERNELS == ("auto", "triton", "reference")
 
 
 def test_from_pretrained_takes_attention_kernel(tmp_path):
@@ -262,53 +261,6 @@ def test_liteasr_generate_matches_sdpa():
     assert torch.equal(lite.generate(x, max_new_tokens=8), expected)
 
 
-def test_token_suppression_builds_its_mask_once_and_scores_as_transformers_does(monkeypatch):
-    """Whisper's generate builds its suppression processors in `_retrieve_logit_processors`; the lite model swaps in
-    versions that build the vocabulary mask once. Same scores at and after the begin index, same generated tokens."""
-    from transformers.generation.logits_process import SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor
-
-    dense = tiny_whisper()
-    lite = LiteWhisperForConditionalGeneration.from_whisper(dense)
-    config = copy.deepcopy(lite.generation_config)
-    config.suppress_tokens, config.begin_suppress_tokens = [3, 7, 200], [5, 256]
-    config.return_timestamps, config.no_speech_threshold = False, None  # set by generate before it gets here
-    processors = lite._retrieve_logit_processors(copy.deepcopy(config), None, 4, 1, "cpu")
-    stock = {SuppressTokensLogitsProcessor: SuppressTokensLogitsProcessor([3, 7, 200]),
-             SuppressTokensAtBeginLogitsProcessor: SuppressTokensAtBeginLogitsProcessor([5, 256], 4)}
-    assert sorted(type(p).__mro__[1].__name__ for p in processors) == sorted(c.__name__ for c in stock)
-    isin_calls = []
-    real_isin = torch.isin
-    monkeypatch.setattr(torch, "isin", lambda *a, **k: isin_calls.append(1) or real_isin(*a, **k))
-    scores = torch.randn(2, dense.config.vocab_size, generator=torch.Generator().manual_seed(0))
-    for length in (4, 5, 6, 7):  # the begin index, then later steps
-        ids = torch.zeros(2, length, dtype=torch.long)
-        for p in processors:
-            want = stock[type(p).__mro__[1]](ids, scores.clone())
-            assert torch.equal(p(ids, scores.clone()), want)
-    ours = len(isin_calls) - 4 * 2  # the stock processors above call isin twice a step
-    assert ours == 2  # one mask build each: the suppression mask once, the begin mask at the begin index only
-    # The next generate call's processors reuse the model's suppression mask; another token list builds its own.
-    isin_calls.clear()
-    again = lite._retrieve_logit_processors(copy.deepcopy(config), None, 4, 1, "cpu")
-    other_config = copy.deepcopy(config)
-    other_config.suppress_tokens = [3, 8]
-    other = lite._retrieve_logit_processors(other_config, None, 4, 1, "cpu")
-    ids = torch.zeros(2, 6, dtype=torch.long)  # past the begin index: only the suppression mask is in play
-    for p in again:
-        assert torch.equal(p(ids, scores.clone()), stock[type(p).__mro__[1]](ids, scores.clone()))
-    assert len(isin_calls) == 2  # the two stock processors' own; ours was built by the first call
-    want_other = SuppressTokensLogitsProcessor([3, 8])(ids, scores.clone())
-    assert torch.equal(next(p for p in other if isinstance(p, SuppressTokensLogitsProcessor))(ids, scores.clone()), want_other)
-    assert len(isin_calls) == 4  # the new token list's mask, then the stock processor's
-    monkeypatch.setattr(torch, "isin", real_isin)
-
-    x = mel()
-    kwargs = dict(max_new_tokens=8, suppress_tokens=[3, 7, 200], begin_suppress_tokens=[5, 256])
-    got = lite.generate(x, **kwargs)
-    monkeypatch.delattr(LiteWhisperForConditionalGeneration, "_retrieve_logit_processors")  # Whisper's own
-    assert torch.equal(got, lite.generate(x, **kwargs))
-
-
 def test_auto_classes_registered():
     from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
 
@@ -323,7 +275,7 @@ def test_auto_classes_registered():
 # The attention core's implementation choice (config.attention_kernel) through the model
 
 needs_interpreter = pytest.mark.skipif(
-    not (HAS_TRITON and interpreter_enabled()),
+    not (HAS_TRITON and INTERPRETED),
     reason="needs triton and TRITON_INTERPRET=1 set before triton is imported (`make test`)",
 )
 # head_dim 32 (2 heads of d_model 64), ranks 16: rank-space operands of feature size 16, ones the kernel takes.
@@ -377,7 +329,7 @@ def test_triton_attention_kernel_where_it_cannot_run_raises(monkeypatch, kernel_
     """Simulated machine without the interpreter (or without triton): "triton" is an error saying why, "auto" runs."""
     lite = kernel_shaped_lite()
     x = mel()
-    monkeypatch.setattr(attention_lite_whisper, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(attention_lite_whisper, "INTERPRETED", False)
     with pytest.raises(ValueError, match="attention_kernel='triton' on CPU needs TRITON_INTERPRET=1 set before triton"):
         encode(lite, "triton", x)
     monkeypatch.setattr(attention_lite_whisper, "HAS_TRITON", False)

@@ -1,10 +1,11 @@
 """Lite-Whisper for Transformers. The flat files here also ship inside every saved checkpoint (trust_remote_code);
-this __init__ is the package-only part: Auto-class registration and checkpoint helpers."""
+this __init__ is the package-only part: Auto-class and ASR pipeline registration, and checkpoint helpers."""
 
 import os
 import shutil
 
-from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
+from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, AutomaticSpeechRecognitionPipeline
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_lite_whisper import LOW_RANK_SHAPES, LiteWhisperConfig
 from .modeling_lite_whisper import (
@@ -24,32 +25,25 @@ AutoConfig.register(LiteWhisperConfig.model_type, LiteWhisperConfig, exist_ok=Tr
 AutoModel.register(LiteWhisperConfig, LiteWhisperForConditionalGeneration, exist_ok=True)
 AutoModelForSpeechSeq2Seq.register(LiteWhisperConfig, LiteWhisperForConditionalGeneration, exist_ok=True)
 
-# What Whisper's generate() reads for language, task, timestamps and prompts. Published lite checkpoints lack them.
-WHISPER_GENERATION_FIELDS = (
-    "lang_to_id", "task_to_id", "is_multilingual", "no_timestamps_token_id", "max_initial_timestamp_index",
-    "prev_sot_token_id", "alignment_heads", "suppress_tokens", "begin_suppress_tokens", "forced_decoder_ids",
-    "decoder_start_token_id", "return_timestamps", "language", "task",
-)
+
+def _dotted(impl):  # the registry holds a class (transformers 5.17) or its dotted path (5.25)
+    return impl if isinstance(impl, str) else f"{impl.__module__}.{impl.__qualname__}"
 
 
-def complete_generation_config(model, reference) -> list[str]:
-    """Copy the Whisper fields `model.generation_config` lacks from `reference` (the dense model's generation
-    config). Returns the names filled."""
-    filled = []
-    for name in WHISPER_GENERATION_FIELDS:
-        value = getattr(reference, name, None)
-        if getattr(model.generation_config, name, None) is None and value is not None:
-            setattr(model.generation_config, name, value)
-            filled.append(name)
-    return filled
+# pipeline("automatic-speech-recognition", ...) takes its class from the task's registry entry for a model object, and
+# for a folder whose config has no `custom_pipelines` (the package's config class drops it, so that a folder needs no
+# trust_remote_code): the entry is the only place that reaches both. LiteWhisperASRPipeline builds the stock pipeline
+# for every other model, so only lite models change. Replaced in place, once, so the task keeps its default model and
+# model classes; a pipeline someone else registered for the task is left alone.
+_ASR_TASK = PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"]
+if _dotted(_ASR_TASK["impl"]) == _dotted(AutomaticSpeechRecognitionPipeline):
+    _ASR_TASK["impl"] = LiteWhisperASRPipeline
 
 
-def save_lite_checkpoint(model, out_dir, processor=None, dense_generation_config=None):
+def save_lite_checkpoint(model, out_dir, processor=None):
     """Everything `pipeline("automatic-speech-recognition", model=out_dir)` needs: weights, config with auto_map and
-    custom pipeline, code files, generation config (completed from `dense_generation_config` if given), and the
-    processor files (feature extractor + tokenizer) when `processor` is given."""
-    if dense_generation_config is not None:
-        complete_generation_config(model, dense_generation_config)
+    custom pipeline, code files, generation config, and the processor files (feature extractor + tokenizer) when
+    `processor` is given."""
     model.save_pretrained(out_dir)
     if processor is not None:
         processor.save_pretrained(out_dir)
@@ -64,5 +58,5 @@ def save_lite_checkpoint(model, out_dir, processor=None, dense_generation_config
 __all__ = [
     "ATTN_IMPLEMENTATION", "LOW_RANK_SHAPES", "LiteWhisperASRPipeline", "LiteWhisperAttention", "LiteWhisperConfig",
     "LiteWhisperEncoder", "LiteWhisperEncoderLayer", "LiteWhisperForConditionalGeneration", "LiteWhisperModel",
-    "LiteWhisperPreTrainedModel", "LowRankLinear", "complete_generation_config", "save_lite_checkpoint",
+    "LiteWhisperPreTrainedModel", "LowRankLinear", "save_lite_checkpoint",
 ]

@@ -8,41 +8,42 @@ on k or v means the operand is shared by all heads (the rank-space B = X W_K1 an
 
 Which implementation runs is an explicit choice, ``attention_core(q, k, v, key_bias, kernel=...)``; the model passes
 its config's ``attention_kernel`` (``LiteWhisperConfig(attention_kernel=...)``,
-``from_pretrained(path, attention_kernel="reference")`` or ``model.config.attention_kernel = ...``):
+``from_pretrained(path, attention_kernel="reference")`` or ``model.config.attention_kernel = ...``). The choices are
+``configuration_lite_whisper.ATTENTION_KERNELS``:
 
 - ``"auto"`` (the default): the Triton kernel (``triton_attention_lite_whisper``) on CUDA tensors when triton imports;
-  the PyTorch reference everywhere else -- always on the CPU, whatever ``TRITON_INTERPRET`` says (Triton's CPU
-  interpreter is a test tool, far slower than SDPA).
+  the PyTorch reference everywhere else -- always on the CPU (Triton's CPU interpreter is a test tool, far slower
+  than SDPA).
 - ``"triton"``: the kernel wherever it can run: CUDA, or the CPU when the kernel was built for Triton's interpreter
-  (``TRITON_INTERPRET=1`` set before this module, and so triton's ``@triton.jit``, was imported: the tests).
-  Where it cannot run at all (no triton, CPU without the interpreter, CUDA under the interpreter, other devices)
-  ``attention_core`` raises a ValueError saying why.
+  (``TRITON_INTERPRET=1`` set before triton's ``@triton.jit`` ran: the tests). Where it cannot run at all (no triton,
+  CPU without the interpreter, CUDA under the interpreter, other devices) ``attention_core`` raises a ValueError
+  saying why.
 - ``"reference"``: always ``attention_core_reference`` (plain PyTorch SDPA).
 
 Under "auto" and "triton" alike, calls the kernel does not take still run the reference: feature sizes that are not
 multiples of 16, dtypes other than fp16 / bf16 / fp32, and calls that need a gradient (the kernel has no backward).
 
-Environment override: ``LITEASR_ATTENTION`` (``auto``, ``triton`` or ``reference``), when set, replaces "auto" only;
-an explicit "triton" or "reference" (config or call) wins over it. ``TRITON_INTERPRET`` selects nothing by itself:
-it only decides whether the kernel is built for the interpreter (see ``interpreter_enabled``).
+Environment override: ``LITEASR_ATTENTION`` (``auto``, ``triton`` or ``reference``), read at each call, replaces "auto"
+only; an explicit "triton" or "reference" (config or call) wins over it.
 
-The kernel runs through the ``liteasr::attention_core`` custom op (so ``torch.compile`` traces it as one opaque node
-with a fake implementation). Whether to use the kernel is decided here, before the op (``use_kernel``): the op is
-called only when the kernel is wanted. The op keeps its schema (q, k, v, key_bias) -- a checkpoint's older copy of
-this file may have registered it first in the process -- and its own check (kernel where it can run, else the
-reference) stays as a safety net. To ask without running: ``use_kernel(q, k, v, key_bias, kernel)`` (this call),
-``kernel_available(device, kernel)`` (this device, for shapes the kernel takes) and ``kernel_unavailable_reason``.
+The kernel runs through a torch custom op (so ``torch.compile`` traces it as one opaque node with a fake
+implementation), called only once ``use_kernel`` has chosen the kernel. Its name carries a digest of this file's and
+the kernel file's source (``OP_NAME``): every checkpoint loaded with trust_remote_code imports its own copy of these
+files, and two copies register one op when their code is the same and two when it differs. To ask without running:
+``use_kernel(q, k, v, key_bias, kernel)`` (this call), ``kernel_available(device, kernel)`` (this device, for shapes
+the kernel takes) and ``kernel_unavailable_reason(device)``.
 """
 
+import hashlib
 import os
+import sys
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from .triton_attention_lite_whisper import HAS_TRITON, attention_core_triton, interpreter_enabled, supported
-
-OP_NAME = "liteasr::attention_core"
+from .configuration_lite_whisper import check_kernel
+from .triton_attention_lite_whisper import HAS_TRITON, INTERPRETED, attention_core_triton, supported
 
 
 def attention_core_reference(q, k, v, key_bias=None):
@@ -61,25 +62,14 @@ def attention_core_reference(q, k, v, key_bias=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
 
 
-KERNELS = ("auto", "triton", "reference")  # the choices; configuration_lite_whisper.ATTENTION_KERNELS repeats them
 ENV_OVERRIDE = "LITEASR_ATTENTION"
-
-
-def check_kernel(kernel, where="attention_kernel"):
-    """Return `kernel` if it is one of KERNELS, else raise a ValueError naming `where`."""
-    if not isinstance(kernel, str) or kernel not in KERNELS:
-        raise ValueError(f"{where} must be one of {', '.join(map(repr, KERNELS))}, got {kernel!r}")
-    return kernel
 
 
 def resolve_kernel(kernel="auto"):
     """The choice after the environment override: ``LITEASR_ATTENTION``, when set, replaces "auto" only."""
     check_kernel(kernel)
-    if kernel == "auto":
-        env = os.environ.get(ENV_OVERRIDE, "").strip().lower()
-        if env:
-            return check_kernel(env, f"the environment variable {ENV_OVERRIDE}")
-    return kernel
+    env = os.environ.get(ENV_OVERRIDE, "").strip().lower() if kernel == "auto" else ""
+    return check_kernel(env, f"the environment variable {ENV_OVERRIDE}") if env else kernel
 
 
 def kernel_unavailable_reason(device):
@@ -89,12 +79,12 @@ def kernel_unavailable_reason(device):
         return "needs triton, which is not installed (or failed to import)"
     device = torch.device(device)
     if device.type == "cuda":
-        if interpreter_enabled():  # the interpreter only takes CPU tensors
+        if INTERPRETED:  # the interpreter only takes CPU tensors
             return ("on CUDA needs TRITON_INTERPRET unset when triton is imported "
                     "(the kernel was built for Triton's CPU interpreter)")
         return None
     if device.type == "cpu":
-        if not interpreter_enabled():
+        if not INTERPRETED:
             return "on CPU needs TRITON_INTERPRET=1 set before triton is imported (Triton's CPU interpreter: slow)"
         return None
     return f"runs on CUDA tensors (or CPU ones under TRITON_INTERPRET=1), not on {device.type}"
@@ -125,11 +115,24 @@ def use_kernel(q, k, v, key_bias=None, kernel="auto"):
     return not needs_grad and supported(q, k, v, key_bias)
 
 
+def _source_digest():
+    """First 12 hex digits of the SHA-1 of this file's and the kernel file's source: what the op runs."""
+    digest = hashlib.sha1()
+    for path in (__file__, sys.modules[attention_core_triton.__module__].__file__):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
+OP_NAME = f"liteasr::attention_core_{_source_digest()}"
+
+
 def _define_op():
-    # A checkpoint loaded with trust_remote_code imports a second copy of this file (under
-    # transformers_modules); the op is registered once per process, by whichever copy comes first.
+    # A copy of these files with the same source registered the op already (the package and a checkpoint saved by the
+    # same version): use it. Another version's copy has another name.
+    namespace, name = OP_NAME.split("::")
     try:
-        return torch.ops.liteasr.attention_core
+        return getattr(getattr(torch.ops, namespace), name)
     except (AttributeError, RuntimeError):
         pass
 
@@ -137,16 +140,13 @@ def _define_op():
     def _attention_core_op(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        # Called only when the kernel is wanted (see use_kernel); this check is the safety net for direct calls.
-        if kernel_unavailable_reason(q.device) is None and supported(q, k, v, key_bias):
-            return attention_core_triton(q, k, v, key_bias)
-        return attention_core_reference(q, k, v, key_bias).contiguous()
+        return attention_core_triton(q, k, v, key_bias)
 
     @_attention_core_op.register_fake
     def _(q, k, v, key_bias=None):
         return q.new_empty((q.shape[0], q.shape[1], q.shape[2], v.shape[3]))
 
-    return torch.ops.liteasr.attention_core
+    return getattr(getattr(torch.ops, namespace), name)
 
 
 attention_core_op = _define_op()

@@ -30,8 +30,16 @@ def projection_path(name: str) -> str:
     return f"self_attn.{name}" if name in ATTENTION_PROJECTIONS else name
 
 
-# The attention core's implementation choices (attention_lite_whisper.KERNELS; see that module's docstring).
+# The attention core's implementation choices, `attention_kernel` (attention_lite_whisper's docstring says what each
+# runs). The one list: the attention file imports it.
 ATTENTION_KERNELS = ("auto", "triton", "reference")
+
+
+def check_kernel(kernel, where="attention_kernel"):
+    """Return `kernel` if it is one of ATTENTION_KERNELS, else raise a ValueError naming `where`."""
+    if not isinstance(kernel, str) or kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"{where} must be one of {', '.join(map(repr, ATTENTION_KERNELS))}, got {kernel!r}")
+    return kernel
 
 
 # How the installed package tells itself apart from a checkpoint's copy of this file (see __init__).
@@ -81,9 +89,8 @@ class LiteWhisperConfig(WhisperConfig):
         # with setattr after construction, as do model.config.attention_kernel = ... and the compressor.
         if key == "encoder_padding_stride":
             check_padding_stride(value, self.max_source_positions)
-        if key == "attention_kernel" and (not isinstance(value, str) or value not in ATTENTION_KERNELS):
-            allowed = ", ".join(map(repr, ATTENTION_KERNELS))
-            raise ValueError(f"attention_kernel must be one of {allowed}, got {value!r}")
+        if key == "attention_kernel":
+            check_kernel(value)
         super().__setattr__(key, value)
 
     def _check_low_rank_config(self):

@@ -5,25 +5,22 @@ liteasr_hf. Tensor names follow the published LiteASR checkpoints (efficient-spe
 `model.encoder.layers.{i}.self_attn.{q,k,v,out}_proj.{weight1,weight2,bias}`, `model.encoder.layers.{i}.{fc1,fc2}.*`.
 
 `attn_implementation="liteasr"` runs encoder self-attention in rank space (`LiteWhisperAttention`) and the
-decoder on SDPA. Importing this file registers that implementation and the ASR pipeline for lite models.
+decoder on SDPA. Importing this file registers that implementation (AttentionInterface, AttentionMaskInterface), and
+nothing else: the ASR pipeline class a checkpoint names in `custom_pipelines` is its pipeline_lite_whisper.py's, and
+the installed package registers that class for the task itself (liteasr_hf.lite_whisper's __init__).
 """
 
 import copy
 import logging
-import os
-import shutil
 import zlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, AttentionMaskInterface
 from transformers import initialization as init
-from transformers.dynamic_module_utils import get_relative_import_files
-from transformers.generation.logits_process import SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper import modeling_whisper
 from transformers.models.whisper.modeling_whisper import (
     WhisperAttention,
@@ -39,7 +36,7 @@ from .attention_lite_whisper import attention_core
 from .generation_config_lite_whisper import complete_whisper_generation_config
 from .configuration_lite_whisper import LOW_RANK_SHAPES, LiteWhisperConfig, projection_path
 from .context_lite_whisper import ContextPlan, ContextSettings, fit_features, pop_context
-from .pipeline_lite_whisper import LiteWhisperASRPipeline, register_asr_pipeline
+from .pipeline_lite_whisper import LiteWhisperASRPipeline
 
 ATTN_IMPLEMENTATION = "liteasr"
 logger = logging.getLogger(__name__)
@@ -83,20 +80,25 @@ def _additive_mask(query, key, attention_mask, is_causal):
     return attention_mask
 
 
+# transformers' registered attention functions, read through the public interface (not transformers.integrations).
+_ATTENTION_FUNCTIONS = AttentionInterface()
+
+
 def liteasr_attention_forward(module, query, key, value, attention_mask, **kwargs):
-    # Attention weights (output_attentions) need the eager path; it takes an additive mask, SDPA's is boolean.
+    # Attention weights (output_attentions) need the eager path (SDPA refuses them, and Whisper's word timestamps ask
+    # for the cross-attention weights); it takes an additive mask, SDPA's is boolean.
     if kwargs.get("output_attentions"):
         is_causal = getattr(module, "is_causal", False)
         mask = _additive_mask(query, key, attention_mask, is_causal)
         return eager_attention_forward(module, query, key, value, mask, **kwargs)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return _ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
 
 # Both registrations are needed: without a mask function, create_causal_mask skips mask creation for an unknown
-# implementation and the decoder's padding mask is silently dropped (transformers issue 46132).
+# implementation and the decoder's padding mask is silently dropped (transformers issue 46132). SDPA's mask function,
+# looked up through the interface rather than imported from transformers.masking_utils.
 AttentionInterface.register(ATTN_IMPLEMENTATION, liteasr_attention_forward)
-AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
-register_asr_pipeline()
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, AttentionMaskInterface()["sdpa"])
 
 
 def _split_heads(x, num_heads):
@@ -379,7 +381,7 @@ class LiteWhisperEncoder(LiteWhisperPreTrainedModel, WhisperEncoder):
     def forward(self, input_features, attention_mask=None, encoder_context=None, **kwargs):
         plan = self.context_plan(input_features, attention_mask, encoder_context)
         hidden_states = self.encode(fit_features(input_features, plan), plan, **kwargs)
-        return modeling_whisper.BaseModelOutput(last_hidden_state=hidden_states)
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
     def encode(self, input_features, plan: ContextPlan | None = None, **kwargs):
         """Last hidden state [B, frames / 2, d] of features already at their context: stem, sliced positions, layers.
@@ -416,35 +418,6 @@ class LiteWhisperModel(LiteWhisperPreTrainedModel, WhisperModel):
         self.post_init()
 
 
-class _CachedMaskSuppressTokens(SuppressTokensLogitsProcessor):
-    """transformers' processor rebuilds its vocabulary mask with `torch.isin` at every decoding step: 1.4 ms on
-    Whisper's 51,865 tokens on a 2-core CPU, with the one below a quarter of a base decoding step. The same mask,
-    built once per token list, vocabulary size and device and kept in `shared_masks` (the model's, so that
-    generate calls, each with new processors, share it: ~4 ms a call at batch 1); the same scores."""
-
-    def __call__(self, input_ids, scores):
-        mask = getattr(self, "_mask", None)
-        if mask is None or mask.shape[0] != scores.shape[-1] or mask.device != scores.device:
-            key = (tuple(self.suppress_tokens.tolist()), scores.shape[-1], scores.device)
-            masks = self.__dict__.setdefault("shared_masks", {})
-            mask = masks.get(key)
-            if mask is None:
-                vocab = torch.arange(scores.shape[-1], device=scores.device)
-                mask = masks[key] = torch.isin(vocab, self.suppress_tokens.to(scores.device))
-            self._mask = mask
-        return scores.masked_fill(mask, -float("inf"))
-
-
-class _BeginOnlySuppressTokens(SuppressTokensAtBeginLogitsProcessor):
-    """transformers' processor builds its mask at every step but applies it only at `begin_index`; this one builds
-    it only there. The same scores."""
-
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[-1] != self.begin_index:
-            return scores
-        return super().__call__(input_ids, scores)
-
-
 # Whisper's threshold (openai/whisper transcribe.py) for gzip compression of the text; here of the token ids.
 COMPRESSION_RATIO_THRESHOLD = 2.4
 
@@ -474,8 +447,6 @@ class LoopGuardCount:
 
 
 class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperForConditionalGeneration):
-    _tied_weights_keys = {"proj_out.weight": "model.decoder.embed_tokens.weight"}
-
     def __init__(self, config: LiteWhisperConfig):
         super().__init__(config)
         self.model = LiteWhisperModel(config)
@@ -530,7 +501,8 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
         return lite.eval() if not model.training else lite
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Self-contained checkpoint: also writes auto_map, the ASR custom pipeline and the code files, so that
+        """Self-contained checkpoint: also writes auto_map and the ASR custom pipeline; transformers copies the code
+        files (this file and its single-dot imports: the class is registered for an auto class, below), so that
         `trust_remote_code=True` alone loads it. Processor files are saved by the processor's owner (see
         `liteasr_hf.save_lite_checkpoint`). A model carrying inference-only modules (liteasr_hf.optimize_for_cpu's)
         is refused: their weights are fused, quantized or cast, and their code is not in the checkpoint."""
@@ -551,9 +523,6 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
             }
         }
         super().save_pretrained(save_directory, *args, **kwargs)
-        # This file and everything it imports by single-dot imports, as trust_remote_code will look for them.
-        for path in [__file__, *get_relative_import_files(__file__)]:
-            shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
 
     def generate(self, input_features=None, *args, **kwargs):
         """Whisper's `generate` on the encoder context the config asks for, or for this call `encoder_context` (a
@@ -610,17 +579,6 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
             merged[i, : redone.shape[1]] = redone[j]
         return merged
 
-    def _retrieve_logit_processors(self, *args, **kwargs):
-        # Whisper's generate builds its token-suppression processors here; swap in versions that skip rebuilding the
-        # same vocabulary mask every step (the objects stay, so set_begin_index and isinstance checks still apply).
-        processors = super()._retrieve_logit_processors(*args, **kwargs)
-        faster = {SuppressTokensLogitsProcessor: _CachedMaskSuppressTokens, SuppressTokensAtBeginLogitsProcessor: _BeginOnlySuppressTokens}
-        for processor in processors or ():
-            if type(processor) in faster:
-                processor.__class__ = faster[type(processor)]
-                processor.shared_masks = self.__dict__.setdefault("_suppress_masks", {})
-        return processors
-
     def _prepare_decoder_input_ids_for_generation(self, batch_size, model_input_name, model_kwargs, *args, **kwargs):
         # transformers prepends decoder_start_token_id to user decoder ids unless model_type == "whisper"; Whisper's
         # generate builds them itself (<|startofprev|> prompt, language, task), so keep them as they are.
@@ -629,6 +587,11 @@ class LiteWhisperForConditionalGeneration(LiteWhisperPreTrainedModel, WhisperFor
         return super()._prepare_decoder_input_ids_for_generation(
             batch_size, model_input_name, model_kwargs, *args, **kwargs
         )
+
+
+# save_pretrained then copies this file and everything it imports by single-dot imports into the checkpoint (as
+# trust_remote_code looks for them), and sets auto_map's entry for this auto class.
+LiteWhisperForConditionalGeneration.register_for_auto_class("AutoModelForSpeechSeq2Seq")
 
 
 __all__ = [

@@ -1,25 +1,36 @@
 """ASR pipeline for Lite-Whisper: the stock pipeline, taking the Whisper seq2seq path for lite models too.
 
-Ships inside checkpoints (trust_remote_code, config.json's `custom_pipelines`): single-dot imports only.
+Ships inside checkpoints (trust_remote_code, config.json's `custom_pipelines`): single-dot imports only. Importing it
+registers nothing: `pipeline("automatic-speech-recognition", model=<checkpoint folder>, trust_remote_code=True)` finds
+the class through `custom_pipelines`; a model object takes `pipeline(..., pipeline_class=LiteWhisperASRPipeline)`;
+the installed package registers the class for the task (liteasr_hf.lite_whisper's __init__).
 The stock pipeline picks the Whisper path only for model_type == "whisper" and sends anything else to CTC.
 For lite models it also refuses audio that Whisper would silently transcribe as noise: empty audio (" . . . .")
-and audio with NaN or infinite samples.
+and audio with NaN or infinite samples. Any other model gets the stock pipeline itself (see __new__).
 """
 
-from transformers.pipelines import PIPELINE_REGISTRY
-from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
+from transformers import AutomaticSpeechRecognitionPipeline
 
 LITE_MODEL_TYPE = "lite-whisper"
-TASK = "automatic-speech-recognition"
 
 
 class LiteWhisperASRPipeline(AutomaticSpeechRecognitionPipeline):
+    def __new__(cls, model=None, *args, **kwargs):
+        # Registered for the whole task (by the package), the class is asked for every model: build the stock pipeline
+        # for any model that is not a lite one (Python then skips __init__, the object not being an instance of cls).
+        if model is not None and getattr(model.config, "model_type", None) != LITE_MODEL_TYPE:
+            return AutomaticSpeechRecognitionPipeline(model, *args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        # A chunk length given at construction: _sanitize_parameters sees it then, but not in a later call's arguments.
+        self.chunked_by_default = bool(kwargs.get("chunk_length_s"))
+        super().__init__(*args, **kwargs)
+
     def _sanitize_parameters(self, **kwargs):
         # Pipeline.__init__ calls this right after AutomaticSpeechRecognitionPipeline.__init__ chose self.type, and
         # before anything reads it: the one place to correct the choice without copying __init__.
-        lite = self.model.config.model_type == LITE_MODEL_TYPE
-        if lite:
-            self.type = "seq2seq_whisper"
+        self.type = "seq2seq_whisper"
         preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
         # Chunked audio (chunk_length_s): decode every chunk WITH timestamp tokens unless the caller chose. Without
         # them Whisper decodes a 30 s chunk in its no-timestamps mode, which can stop after the first sentence or
@@ -27,11 +38,10 @@ class LiteWhisperASRPipeline(AutomaticSpeechRecognitionPipeline):
         # token-overlap match that has no timing to anchor it: a loop is kept whole, and neighbours that disagree on
         # the 10 s they share are cut at a spurious match. With timestamps the merge skips tokens inside each
         # chunk's strides. Only the decoding changes: the output stays text only unless return_timestamps is given.
-        # The chunk length may come with this call or from the pipeline's construction (`_preprocess_params`); some
-        # transformers versions put the generation config's `return_timestamps=False` in `forward` on every call, so
-        # only the caller's own choice counts.
-        chunked = preprocess.get("chunk_length_s") or getattr(self, "_preprocess_params", {}).get("chunk_length_s")
-        if lite and chunked and kwargs.get("return_timestamps") is None:
+        # Some transformers versions put the generation config's `return_timestamps=False` in `forward` on every
+        # call, so only the caller's own choice counts.
+        chunked = preprocess.get("chunk_length_s") or self.chunked_by_default
+        if chunked and kwargs.get("return_timestamps") is None:
             forward["return_timestamps"] = True
         return preprocess, forward, postprocess
 
@@ -39,8 +49,7 @@ class LiteWhisperASRPipeline(AutomaticSpeechRecognitionPipeline):
         # Checked on the log-mel features: the stock preprocess has decoded, resampled and downmixed by then, whatever
         # the input was (array, dict, path, bytes).
         for item in super().preprocess(inputs, **kwargs):
-            if self.model.config.model_type == LITE_MODEL_TYPE:
-                check_features(item)
+            check_features(item)
             yield item
 
 
@@ -52,15 +61,3 @@ def check_features(item):
         raise ValueError("the audio is empty (0 samples): nothing to transcribe")
     if not item["input_features"].isfinite().all():
         raise ValueError("the audio has NaN or infinite samples")
-
-
-def register_asr_pipeline():
-    """Make pipeline("automatic-speech-recognition", ...) use LiteWhisperASRPipeline, which behaves exactly like the
-    stock class for every other model. Done in place so the task keeps its default model and model classes; a
-    pipeline someone else registered for the task is left alone."""
-    task = PIPELINE_REGISTRY.supported_tasks[TASK]
-    impl = task["impl"]
-    name = impl if isinstance(impl, str) else f"{impl.__module__}.{impl.__qualname__}"
-    stock = f"{AutomaticSpeechRecognitionPipeline.__module__}.{AutomaticSpeechRecognitionPipeline.__qualname__}"
-    if name == stock or name.endswith(f".{LiteWhisperASRPipeline.__qualname__}"):
-        task["impl"] = LiteWhisperASRPipeline

@@ -2,7 +2,7 @@
 
 Ships inside checkpoints (trust_remote_code): import siblings with single-dot imports only, and
 import nothing from this file unguarded -- machines without triton (CPU, Mac) must still import it;
-``HAS_TRITON`` says whether triton imported and ``interpreter_enabled()`` whether the kernel was built for
+``HAS_TRITON`` says whether triton imported and ``INTERPRETED`` whether the kernel was built for
 Triton's CPU interpreter; ``attention_lite_whisper.attention_core`` decides where the kernel runs (its
 ``kernel`` choice: "auto", "triton" or "reference") and falls back to the plain PyTorch reference elsewhere.
 
@@ -46,13 +46,6 @@ except Exception:  # pragma: no cover - exercised only where triton is missing o
     HAS_TRITON = False
 
 LOG2E = 1.4426950408889634
-
-
-def interpreter_enabled():
-    """True when this module's kernel was built for Triton's CPU interpreter, i.e. TRITON_INTERPRET=1 was set when
-    the module was imported (``@triton.jit`` picks the interpreter once, at definition). Setting or clearing the
-    variable later changes nothing: the kernel stays what it was built as."""
-    return _INTERPRETED
 
 
 def split_dim(d):
@@ -253,10 +246,11 @@ if HAS_TRITON:
     )(_attn_fwd)
 
 
-# What @triton.jit built: an InterpretedFunction under TRITON_INTERPRET=1 (runs on CPU tensors only), else a
-# JITFunction (compiles for the GPU). The class name, not an import of it: the interpreter's module path moved
-# between triton releases. Read once here; the environment variable may change afterwards.
-_INTERPRETED = HAS_TRITON and type(_attn_fwd).__name__ == "InterpretedFunction"
+# Whether the kernel was built for Triton's CPU interpreter: @triton.jit reads TRITON_INTERPRET when it decorates, and
+# builds an InterpretedFunction (CPU tensors only) under TRITON_INTERPRET=1, else a JITFunction (GPU). A fact about the
+# kernel object, fixed from then on, not a reading of the variable. The class name, not an import of it: the
+# interpreter's module path moved between triton releases.
+INTERPRETED = HAS_TRITON and type(_attn_fwd).__name__ == "InterpretedFunction"
 
 
 def attention_core_triton(q, k, v, key_bias=None):
@@ -289,12 +283,12 @@ def attention_core_triton(q, k, v, key_bias=None):
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
         H, TQ, TK,
     )
-    upcast = interpreter_enabled() and q.dtype == torch.bfloat16
+    upcast = INTERPRETED and q.dtype == torch.bfloat16
     meta = dict(
         DQK=DQK, DV=DV, DQK0=dqk0, DQK1=dqk1, DV_TILE=dv_tile,
         HAS_BIAS=has_bias, DOT_PREC=dot_prec, UPCAST=upcast,
     )
-    if interpreter_enabled() or q.device.type != "cuda":
+    if INTERPRETED or q.device.type != "cuda":
         bm, bn = (32 if TQ <= 32 else 64), 32  # fixed tiles: no autotuning here, the interpreter's timings mean nothing
         grid = (triton.cdiv(TQ, bm), B * H)
         _attn_fwd[grid](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, num_stages=2)
