@@ -232,6 +232,43 @@ def test_real_speech_in_low_precision_on_cpu(tiny_en_path, how):
     assert normalize(got) == normalize(want), (got, want)
 
 
+def test_the_output_projection_suppresses_the_generation_configs_tokens(tiny_en_path):
+    """optimize_for_cpu moves the generation config's suppress_tokens into the output projection (SuppressedLogits):
+    -inf there, the projection's logits unchanged elsewhere (adding 0 is exact), so greedy tokens on real speech are
+    those of transformers' processor, which `unsuppress_logits_` puts back; a second optimize_for_cpu keeps them."""
+    import copy
+
+    from transformers import AutoProcessor, WhisperForConditionalGeneration
+
+    from liteasr_hf.audio import BUNDLED_CLIPS, load_clips
+    from liteasr_hf.cpu import SuppressedLogits, unsuppress_logits_
+
+    dense = WhisperForConditionalGeneration.from_pretrained(tiny_en_path).eval()
+    tokens = list(dense.generation_config.suppress_tokens)
+    model = optimize_for_cpu(dense, dtype=torch.float32, decoder="fp32", keep_memory=False)
+    no_speech = model.generation_config.no_timestamps_token_id - 1
+    assert no_speech in tokens  # the no-speech token stays with the processor: long-form reads it before suppression
+    assert isinstance(model.proj_out, SuppressedLogits) and list(model.proj_out.tokens) == tokens
+    assert model.generation_config.suppress_tokens == [no_speech]
+    stock = unsuppress_logits_(copy.deepcopy(model))
+    assert type(stock.proj_out) is nn.Linear and stock.generation_config.suppress_tokens == tokens
+    h = torch.randn(2, 3, model.config.d_model)
+    with torch.no_grad():
+        got, want = model.proj_out(h), stock.proj_out(h)
+    suppressed = [t for t in tokens if t != no_speech]
+    assert torch.isinf(got[..., suppressed]).all() and (got[..., suppressed] < 0).all()
+    kept = torch.ones(got.shape[-1], dtype=torch.bool)
+    kept[suppressed] = False
+    assert torch.equal(got[..., kept], want[..., kept])
+    processor = AutoProcessor.from_pretrained(tiny_en_path)
+    clips = load_clips(BUNDLED_CLIPS, text_column=None)[:3]
+    features = processor([c.audio for c in clips], sampling_rate=16_000, return_tensors="pt").input_features
+    with torch.no_grad():
+        assert torch.equal(model.generate(features, max_new_tokens=40), stock.generate(features, max_new_tokens=40))
+    again = optimize_for_cpu(model, dtype=torch.float32, decoder="fp32", keep_memory=False)
+    assert list(again.proj_out.tokens) == tokens and type(again.proj_out.projection) is nn.Linear
+
+
 @pytest.mark.slow
 def test_pipeline_timestamps_through_the_cpu_fast_path(tiny_en_path):
     """Word timestamps need the decoder's cross-attention weights, which the lean decoder layer leaves to
