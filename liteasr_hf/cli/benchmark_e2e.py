@@ -12,10 +12,21 @@ their own (in one process with torch, the transformers rows ran up to 1.6x slowe
     liteasr-hf benchmark-e2e --lite outputs/lite-whisper-base-size80 --dataset ../shared/data/speech-dev \\
         --split evaluation --batch 1 8 --json outputs/e2e.json                # the README's table
     liteasr-hf benchmark-e2e --long --lite outputs/base80-dev --rounds 2       # whole recordings of minutes
+    liteasr-hf benchmark-e2e --top-of-bucket --lite outputs/base80-dev         # repetition loops, no timing
 
 --long: recordings of minutes transcribed whole, each row (the transformers pipeline sequential and chunked, dense
 and lite, the package's Transcriber, faster-whisper with and without its batched VAD pipeline) in a worker process
 of its own, the language of each recording given; see liteasr_hf/evaluation/long_audio.py.
+
+--top-of-bucket: not a timing but a loop count. A lite checkpoint's encoder reads the shortest context bucket that
+holds the audio plus its margin; a clip ending just under the top of its bucket leaves the decoder the least padding
+to see the speech end, and at the 10 s bucket such clips looped (docs/benchmarks.md, "Top-of-bucket clips"). This
+builds such clips from --dataset's calibration clips only (default ../shared/data/speech-dev; deterministic from
+--seed: 134 clips for buckets 10 / 15 / 20 s, clean, telephone-band, mu-law and noisy variants), decodes each one
+greedily through generate with its loop guard, through generate with guard_loops=False (raw loops) and through
+Transcriber, and prints per bucket and variant: raw loops, the guard's fallbacks and loops left after it,
+Transcriber's fallbacks and loops, WER; the JSON holds every transcript, the machine and the recipe that rebuilds
+the audio bit for bit; see liteasr_hf/evaluation/top_of_bucket.py.
 
 In a checkout, `python scripts/benchmark_e2e.py ...` runs the same command (with the package installed: `pip install -e .`).
 """
@@ -57,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"default: {' '.join(DEFAULT_ROWS)}, lite rows only with --lite); with --long, row names "
                         "(default: all, lite ones only with --lite)")
     p.add_argument("--buckets", type=float, nargs="+", default=None, metavar="SECONDS",
-                   help="context buckets of the 'dynamic' rows (default: the lite checkpoint's encoder_context_buckets, else 10 15 20)")
-    p.add_argument("--margin", type=float, default=None, help="seconds of padding kept after the audio (default: the checkpoint's, else 1.0)")
+                   help="context buckets of the 'dynamic' rows (default: the lite checkpoint's encoder_context_buckets, else "
+                        "10 15 20); with --top-of-bucket the buckets clips are built to top (default: the checkpoint's and 10)")
+    p.add_argument("--margin", type=float, default=None, help="seconds of padding kept after the audio (default: the checkpoint's, "
+                                                              "else 1.0); with --top-of-bucket the margin clips are built against")
     p.add_argument("--padding-stride", type=int, default=None, metavar="N",
                    help="the strided rows' padding stride where the row names none (default: the lite checkpoint's "
                         "encoder_padding_stride if over 1, else the default of new checkpoints)")
@@ -68,15 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faster-whisper", default="auto", metavar="FOLDER|auto|off",
                    help="CTranslate2 folder of the dense weights for the faster-whisper rows (auto: the bundled one for a bundled --dense)")
     p.add_argument("--faster-whisper-compute", nargs="+", default=["int8"], help="faster-whisper compute types (default int8)")
-    p.add_argument("--dataset", help="local audiofolder or Hub dataset (default: the clips shipped in the package)")
+    p.add_argument("--dataset", help="local audiofolder or Hub dataset (default: the clips shipped in the package; with "
+                                     "--top-of-bucket a local folder with a split.json, default ../shared/data/speech-dev)")
     p.add_argument("--split", help="split.json key or Hub split (default for the shipped clips: evaluation)")
     p.add_argument("--limit", type=int, help="at most this many clips")
     p.add_argument("--rounds", type=int, default=2, help="repetitions over all clips; wall time is their median (--long: the best "
                                                                  "round, the median beside it) (default 2)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch and CTranslate2 threads (default: torch's; with --long every core this process may use)")
-    p.add_argument("--json", default=None, help="results, with every row's transcripts (default outputs/e2e.json, "
-                                               "with --long outputs/e2e-long.json)")
+    p.add_argument("--json", "--output-json", dest="json", default=None,
+                   help="results, with every row's transcripts (default outputs/e2e.json, with --long "
+                        "outputs/e2e-long.json, with --top-of-bucket outputs/e2e-top-of-bucket.json)")
     g = p.add_argument_group("random weights of a model's exact shapes (speed only; large models without their weights)")
     g.add_argument("--random-shape", default=None, metavar="SHAPE",
                    help="instead of --dense / --lite: random weights of this shape (tiny, base, small, medium, large-v3, "
@@ -86,8 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the random lite model's ranks: c-like (the paper's configuration (c), scaled), fraction:F or "
                         "NAME=RANK pairs, as `liteasr-hf benchmark --ranks`")
     g.add_argument("--tokens", type=int, default=64, help="new tokens decoded per clip in --random-shape rows")
-    g.add_argument("--device", default=None, help="--random-shape rows: cuda or cpu (default: cuda if available)")
+    g.add_argument("--device", default=None, help="--random-shape rows: cuda or cpu (default: cuda if available); "
+                                                  "--top-of-bucket: default cpu")
     g.add_argument("--random-dtype", default=None, choices=sorted(DTYPES), help="--random-shape rows (default: fp16 on CUDA, fp32 on CPU)")
+    t = p.add_argument_group("top-of-bucket clips (repetition loops of clips ending near the top of a context bucket)")
+    t.add_argument("--top-of-bucket", action="store_true",
+                   help="count repetition loops on clips built to end just under (bucket - margin), per bucket and "
+                        "variant: generate with and without its loop guard, and Transcriber (needs --lite; no timing)")
+    t.add_argument("--clips-per-bucket", type=int, default=None, metavar="N",
+                   help="at most N clips of each bucket and variant, the clip kinds in turn (default: all)")
+    t.add_argument("--seed", type=int, default=0, help="the clips' seed (default 0: the recipe of docs/benchmarks.md)")
+    t.add_argument("--recipe", default=None, metavar="FILE",
+                   help="the clips of this recipe (a JSON list of entries, or an earlier run's --json) instead of "
+                        "building them from --buckets / --margin / --seed")
+    t.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the model as Transcriber loads it (default auto: optimize_for_cpu's choice on a CPU)")
     return p
 
 
@@ -111,9 +139,18 @@ def row_context(context: str):
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    args.json = args.json or ("outputs/e2e-long.json" if args.long else "outputs/e2e.json")
+    args.json = args.json or ("outputs/e2e-long.json" if args.long else
+                              "outputs/e2e-top-of-bucket.json" if args.top_of_bucket else "outputs/e2e.json")
     if args.rounds < 1 or (args.threads is not None and args.threads < 1) or (args.limit is not None and args.limit < 1):
         p.error("--rounds, --threads and --limit must be at least 1")
+    if args.top_of_bucket:
+        if args.long or args.random_shape:
+            p.error("--top-of-bucket goes with neither --long nor --random-shape")
+        if not args.lite:
+            p.error("--top-of-bucket needs --lite (a lite checkpoint with context buckets)")
+        if args.clips_per_bucket is not None and args.clips_per_bucket < 1:
+            p.error("--clips-per-bucket must be at least 1")
+        return args
     if args.long:
         if args.random_shape:
             p.error("--long and --random-shape do not go together")
@@ -232,11 +269,28 @@ def long_main(args) -> int:
     return write_results(args.json, results, settings)
 
 
+def top_of_bucket_main(args) -> int:
+    """--top-of-bucket: loops on clips at the top of each bucket; a markdown table, and JSON with every transcript."""
+    import torch
+
+    from liteasr_hf.evaluation import top_of_bucket as tob
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows, settings = tob.benchmark(args.lite, args.dataset, buckets=args.buckets, margin=args.margin, seed=args.seed,
+                                   clips_per_bucket=args.clips_per_bucket, dtype=args.dtype, device=args.device,
+                                   recipe=tob.load_recipe(args.recipe) if args.recipe else None)
+    print(tob.markdown(rows, settings))
+    return write_results(args.json, rows, settings)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.long:
         return long_main(args)
+    if args.top_of_bucket:
+        return top_of_bucket_main(args)
     if args.random_shape:
         return random_main(args)
     import torch

@@ -91,12 +91,16 @@ LONG_FORM_MODES = ("sequential", "chunked")
 
 
 @torch.inference_mode()
-def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequential", **gen) -> tuple[list[str], list[bool]]:
+def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequential", return_sequences=False,
+               **gen) -> tuple[list[str], list[bool]]:
     """(texts, capped) for 16 kHz mono arrays, in their order. Clips over 30 s go through Whisper's
     sequential long-form decoding (features padded to whole 30 s windows, attention mask marking the audio), or
-    with `long_form="chunked"` through the ASR pipeline's 30 s chunks (5 s strides each side, merged on the overlap)."""
+    with `long_form="chunked"` through the ASR pipeline's 30 s chunks (5 s strides each side, merged on the overlap).
+    `return_sequences` (clips of 30 s at most): (texts, capped, token ids of generate's rows as lists)."""
     if long_form not in LONG_FORM_MODES:
         raise ValueError(f"long_form must be one of {', '.join(LONG_FORM_MODES)}, got {long_form!r}")
+    if return_sequences and any(len(a) > processor.feature_extractor.n_samples for a in audios):
+        raise ValueError("return_sequences: every clip must be 30 s at most")
     gen = context_kwargs(model, gen)  # a per-call encoder context: one `encoder_context` for generate
     fe = processor.feature_extractor
     if long_form == "chunked" and any(len(a) > fe.n_samples for a in audios):
@@ -110,7 +114,7 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequ
                 texts[i], capped[i] = t, k
         return texts, capped
     special = set(processor.tokenizer.all_special_ids)
-    texts, capped = [None] * len(audios), [False] * len(audios)
+    texts, capped, sequences = [None] * len(audios), [False] * len(audios), [None] * len(audios)
     order = sorted(range(len(audios)), key=lambda i: len(audios[i]))  # similar lengths batch with less padding
     with quiet_length_warning():
         for start in range(0, len(order), batch_size):
@@ -126,7 +130,8 @@ def transcribe(model, processor, audios: Sequence, batch_size=8, long_form="sequ
                 texts[i] = processor.tokenizer.decode(seqs[j], skip_special_tokens=True).strip()
                 # At the cap every new token is text (the last one may be a special token that arrived too late).
                 capped[i] = not is_long and sum(t not in special for t in seqs[j].tolist()) >= gen["max_new_tokens"] - 1
-    return texts, capped
+                sequences[i] = seqs[j].tolist()
+    return (texts, capped, sequences) if return_sequences else (texts, capped)
 
 
 def context_kwargs(model, gen: dict) -> dict:
