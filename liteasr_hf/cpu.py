@@ -126,13 +126,6 @@ def dynamic_int8_pack(weight_int8, scale):
         return None
 
 
-# From this many rows on, the bf16 output projection (`PackedLinear`) is faster than int8 with its top recomputed: the
-# int8 product quantizes every row and the recomputation gathers 16 weight rows a row, while the bf16 product reads
-# its weight once for all rows (one thread of an AMX Xeon, caches cold: 1 row 3.4 against 5.0 ms, 4 rows 4.6 against
-# 5.1, 8 rows 6.2 against 5.2, 16 rows 8.2 against 5.4).
-WIDE_ROWS = 8
-
-
 class Int8Logits(Int8Linear):
     """The output projection in int8, with each row's `exact_top_k` largest logits recomputed from the unquantized
     weight (Whisper ties it to the token embedding, which stays). Greedy decoding and the logits processors that
@@ -149,7 +142,6 @@ class Int8Logits(Int8Linear):
     def __init__(self, linear: nn.Linear, exact_top_k: int = 16, dynamic: bool = True):
         super().__init__(linear)
         self.full_weight, self.exact_top_k = linear.weight, exact_top_k  # shared with embed_tokens: no copy
-        self.wide = None  # the full product for WIDE_ROWS rows or more (`pack_decoder_linears_`)
         # the same int8 values and scales as the weight-only kernel's, so the two differ only in the activations
         self.packed = dynamic_int8_pack(self.weight, self.scale.float()) if dynamic else None
         if self.packed is not None:
@@ -174,8 +166,6 @@ class Int8Logits(Int8Linear):
         return super().forward(x)
 
     def forward(self, x):
-        if self.wide is not None and x.numel() >= WIDE_ROWS * self.in_features:
-            return self.wide(x)
         logits = self.approximate(x)
         flat, rows = logits.view(-1, self.out_features), x.reshape(-1, self.in_features)
         top = flat.topk(min(self.exact_top_k, self.out_features), dim=-1).indices
@@ -293,8 +283,7 @@ def can_pack_linears() -> bool:
 
 def pack_decoder_linears_(model):
     """In place: the bf16 products of each lean decoder layer's step (fused q/k/v, the attention outputs, the
-    cross-attention query, the MLP) as `PackedLinear`s, and the bf16 output projection for wide batches
-    (`Int8Logits.wide`). The cross-attention keys / values stay: they run once per
+    cross-attention query, the MLP) as `PackedLinear`s. The cross-attention keys / values stay: they run once per
     clip on every encoder frame, where `F.linear` is as fast."""
     for layer in model.model.decoder.layers:
         owners = [(layer, "qkv_proj"), (layer.self_attn, "out_proj"), (layer.encoder_attn, "q_proj"),
@@ -303,9 +292,6 @@ def pack_decoder_linears_(model):
             child = getattr(owner, name, None)
             if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16:
                 setattr(owner, name, PackedLinear(child))
-    logits = model.proj_out
-    if isinstance(logits, Int8Logits) and logits.full_weight.dtype == torch.bfloat16 and logits.wide is None:
-        logits.wide = PackedLinear(logits.exact_linear())
     return model
 
 

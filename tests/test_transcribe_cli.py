@@ -201,5 +201,5 @@ def test_help_explains_inputs_outputs_resume_and_modes():
     for phrase in ("a folder (every audio or video file inside it, recursively)", "glob pattern", "- for stdin",
                    "<output-dir>/<name>.txt, .srt, .vtt and .json", "A run resumes", "--overwrite",
                    "exit status is 1", "accelerate launch", "vad: the speech pieces", "sequential: Whisper's long",
-                   "(default: all)", "(default 8)", "(default cpu", "(default vad)"):
+                   "(default: all)", "(default 16)", "(default cpu", "(default vad)"):
         assert phrase in text, phrase

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe",
                    help="translate: English text from speech in another language (multilingual models; default transcribe)")
     p.add_argument("--word-timestamps", action="store_true", help="time every word too (in the JSON output)")
-    p.add_argument("--batch-size", type=int, default=8, help="speech pieces decoded at once (default 8)")
+    p.add_argument("--batch-size", type=int, default=16, help="speech pieces decoded at once (default 16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu; with cuda under accelerate launch, "
                    "each process's own GPU)")
     p.add_argument("--dtype", choices=("auto", *DTYPES.values()), default="auto",

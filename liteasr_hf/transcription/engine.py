@@ -96,7 +96,7 @@ class Transcriber:
     more of padding (a piece at the very top of its bucket leaves the decoder least padding to see the speech end),
     or 29 s for a full-window model."""
 
-    def __init__(self, model, processor=None, *, device=None, dtype="auto", batch_size: int = 8, mode: str = "vad",
+    def __init__(self, model, processor=None, *, device=None, dtype="auto", batch_size: int = 16, mode: str = "vad",
                  language: str | None = None, task: str = "transcribe", word_timestamps: bool = False,
                  max_piece_seconds: float | None = None, vad: VadOptions | None = None):
         if mode not in MODES:
