@@ -92,7 +92,6 @@ import importlib
 import torch
 from transformers import AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
-stock = PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"]["impl"]
 folder, features, audio = sys.argv[1], torch.load(sys.argv[2]), torch.load(sys.argv[3]).numpy()
 greedy = {"max_new_tokens": 8, "num_beams": 1}
 out = {}
@@ -105,12 +104,13 @@ out["liteasr"] = model.generate(features, **greedy).tolist()
 out["pipeline"] = pipeline("automatic-speech-recognition", model=folder, trust_remote_code=True)(
     audio, generate_kwargs=greedy)["text"]
 processor = AutoProcessor.from_pretrained(folder)
-# A model object: pipeline() reads no config for it, so the checkpoint's pipeline class is named (the checkpoint's code
-# registers nothing for the task).
-assert PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"]["impl"] is stock
+# A model object, as transformers' Whisper examples pass it: pipeline() reads no config for it, so it takes the task's
+# registry entry, which the checkpoint's code set to its pipeline class; any other model still gets the stock class.
 lite_pipeline = importlib.import_module(type(model).__module__).LiteWhisperASRPipeline
+assert PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"]["impl"] is lite_pipeline
 asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
-               feature_extractor=processor.feature_extractor, pipeline_class=lite_pipeline)
+               feature_extractor=processor.feature_extractor)
+assert type(asr) is lite_pipeline
 out["pipeline_object"] = asr(audio, generate_kwargs=greedy)["text"]
 print("RESULT" + json.dumps(out))
 """

@@ -5,9 +5,8 @@ liteasr_hf. Tensor names follow the published LiteASR checkpoints (efficient-spe
 `model.encoder.layers.{i}.self_attn.{q,k,v,out}_proj.{weight1,weight2,bias}`, `model.encoder.layers.{i}.{fc1,fc2}.*`.
 
 `attn_implementation="liteasr"` runs encoder self-attention in rank space (`LiteWhisperAttention`) and the
-decoder on SDPA. Importing this file registers that implementation (AttentionInterface, AttentionMaskInterface), and
-nothing else: the ASR pipeline class a checkpoint names in `custom_pipelines` is its pipeline_lite_whisper.py's, and
-the installed package registers that class for the task itself (liteasr_hf.lite_whisper's __init__).
+decoder on SDPA. Importing this file registers that implementation (AttentionInterface, AttentionMaskInterface) and
+the ASR pipeline for lite models (`register_asr_pipeline`: other models keep the stock pipeline).
 """
 
 import copy
@@ -36,7 +35,7 @@ from .attention_lite_whisper import attention_core
 from .generation_config_lite_whisper import complete_whisper_generation_config
 from .configuration_lite_whisper import LOW_RANK_SHAPES, LiteWhisperConfig, projection_path
 from .context_lite_whisper import ContextPlan, ContextSettings, fit_features, pop_context
-from .pipeline_lite_whisper import LiteWhisperASRPipeline
+from .pipeline_lite_whisper import LiteWhisperASRPipeline, register_asr_pipeline
 
 ATTN_IMPLEMENTATION = "liteasr"
 logger = logging.getLogger(__name__)
@@ -99,6 +98,7 @@ def liteasr_attention_forward(module, query, key, value, attention_mask, **kwarg
 # looked up through the interface rather than imported from transformers.masking_utils.
 AttentionInterface.register(ATTN_IMPLEMENTATION, liteasr_attention_forward)
 AttentionMaskInterface.register(ATTN_IMPLEMENTATION, AttentionMaskInterface()["sdpa"])
+register_asr_pipeline()
 
 
 def _split_heads(x, num_heads):

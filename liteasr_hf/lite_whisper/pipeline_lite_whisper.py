@@ -1,9 +1,9 @@
 """ASR pipeline for Lite-Whisper: the stock pipeline, taking the Whisper seq2seq path for lite models too.
 
-Ships inside checkpoints (trust_remote_code, config.json's `custom_pipelines`): single-dot imports only. Importing it
-registers nothing: `pipeline("automatic-speech-recognition", model=<checkpoint folder>, trust_remote_code=True)` finds
-the class through `custom_pipelines`; a model object takes `pipeline(..., pipeline_class=LiteWhisperASRPipeline)`;
-the installed package registers the class for the task (liteasr_hf.lite_whisper's __init__).
+Ships inside checkpoints (trust_remote_code, config.json's `custom_pipelines`): single-dot imports only.
+`pipeline("automatic-speech-recognition", model=<checkpoint folder>, trust_remote_code=True)` finds the class through
+`custom_pipelines`; a model object (and a folder loaded by the package, whose config drops `custom_pipelines`) reaches
+it through the task's registry entry, which `register_asr_pipeline` sets once when the modeling file is imported.
 The stock pipeline picks the Whisper path only for model_type == "whisper" and sends anything else to CTC.
 For lite models it also refuses audio that Whisper would silently transcribe as noise: empty audio (" . . . .")
 and audio with NaN or infinite samples. Any other model gets the stock pipeline itself (see __new__).
@@ -61,3 +61,19 @@ def check_features(item):
         raise ValueError("the audio is empty (0 samples): nothing to transcribe")
     if not item["input_features"].isfinite().all():
         raise ValueError("the audio has NaN or infinite samples")
+
+
+def _dotted(impl):  # the registry holds a class (transformers 5.17) or its dotted path (5.25)
+    return impl if isinstance(impl, str) else f"{impl.__module__}.{impl.__qualname__}"
+
+
+def register_asr_pipeline():
+    """Make the automatic-speech-recognition task's registry entry this class, in place (the task keeps its default
+    model and model classes), where the entry is still transformers' own class: `pipeline(model=<model object>)`
+    reads no config, so the entry is the only way a lite model object gets the Whisper path. Every other model still
+    gets the stock pipeline (`__new__`); a pipeline someone else registered for the task is left alone."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    task = PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"]
+    if _dotted(task["impl"]) == _dotted(AutomaticSpeechRecognitionPipeline):
+        task["impl"] = LiteWhisperASRPipeline
