@@ -55,8 +55,8 @@ def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], max_ne
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     inputs = torch.tensor([prompt], device=device).expand(batch, -1)
     for step in range(max_new_tokens):
-        hidden = decoder(input_ids=inputs, encoder_hidden_states=encoder_states, past_key_values=cache,
-                         use_cache=True).last_hidden_state[:, -1:]
+        # the cache by position: transformers 5.17 names it past_key_values, later versions cache
+        hidden = decoder(inputs, None, encoder_states, cache, use_cache=True).last_hidden_state[:, -1:]
         logits = model.proj_out(hidden)[:, -1].float()
         chosen = (logits + (first_suppress if step == 0 else suppress)).argmax(-1)
         running &= chosen != eos
