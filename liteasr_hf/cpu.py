@@ -24,6 +24,8 @@ from torch import nn
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.whisper.modeling_whisper import WhisperDecoderLayer
 
+from .generation import suppression_mask
+
 logger = logging.getLogger(__name__)
 
 
@@ -224,8 +226,7 @@ class SuppressedLogits(nn.Module):
     def __init__(self, projection: nn.Module, tokens, left_to_processor=()):
         super().__init__()
         self.projection, self.tokens = projection, tuple(int(t) for t in tokens)  # all, as the generation config had them
-        mask = torch.zeros(projection.out_features)
-        mask[[t for t in self.tokens if t not in left_to_processor]] = float("-inf")
+        mask = suppression_mask([t for t in self.tokens if t not in left_to_processor], projection.out_features)
         self.register_buffer("mask", mask, persistent=False)
 
     @property

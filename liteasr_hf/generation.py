@@ -22,6 +22,19 @@ def generate_kwargs(model, language=None, task=None, max_new_tokens=MAX_NEW_TOKE
     return kw
 
 
+def suppression_mask(tokens, size: int, device=None):
+    """An additive mask over a vocabulary of `size`: -inf at `tokens`, 0 elsewhere (what Whisper's suppression
+    processors do to the scores). None when there are no tokens."""
+    import torch
+
+    tokens = list(tokens or ())
+    if not tokens:
+        return None
+    mask = torch.zeros(size, device=device)
+    mask[tokens] = float("-inf")
+    return mask
+
+
 class _KnownLengthWarning(logging.Filter):
     """Whisper checkpoints ship max_length=448 in their generation config, so generate with our deliberate
     max_new_tokens warns "Both max_new_tokens and max_length" (transformers 5.24: once per decoding step)."""

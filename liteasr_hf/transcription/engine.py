@@ -27,7 +27,7 @@ import torch
 
 from ..audio import SAMPLING_RATE
 from ..cli.options import DTYPES, torch_dtype
-from ..generation import quiet_length_warning
+from ..generation import generate_kwargs, quiet_length_warning
 from ..lite_whisper.context_lite_whisper import ContextPlan, ContextSettings
 from ..lite_whisper.modeling_lite_whisper import COMPRESSION_RATIO_THRESHOLD, repetition_suspected
 from .greedy import decoder_prompt, greedy_decode
@@ -256,12 +256,6 @@ class Transcriber:
                    max_length=plan.frames * fe.hop_length, truncation=True, return_attention_mask=True)
         return feats.input_features.to(self.device, self.model.dtype), feats.attention_mask.to(self.device)
 
-    def _generate_kwargs(self, language, task, max_new_tokens) -> dict:
-        kw = dict(num_beams=1, do_sample=False, max_new_tokens=max_new_tokens)
-        if self.multilingual:
-            kw.update(language=language or "en", task=task)
-        return kw
-
     def _decode(self, batch, language, task, word_timestamps) -> dict:
         """Texts (and words) of one batch of pieces, with the loop guard."""
         longest = max(len(a) for a in batch)
@@ -269,7 +263,7 @@ class Transcriber:
         features, mask = self._features(batch, plan)
         max_new_tokens = min(int(TOKENS_PER_SECOND * longest / SAMPLING_RATE) + EXTRA_TOKENS,
                              self.model.config.max_target_positions // 2 - 8)
-        kw = self._generate_kwargs(language, task, max_new_tokens)
+        kw = generate_kwargs(self.model, language, task, max_new_tokens)
         with torch.inference_mode(), quiet_length_warning():
             seqs, words = self._run(features, mask, plan, kw, word_timestamps)
         texts = [self._text(s) for s in seqs]
@@ -370,7 +364,7 @@ class Transcriber:
         long = len(audio) > fe.n_samples
         feats = fe(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt", truncation=not long,
                    padding="longest" if long else "max_length", return_attention_mask=True)
-        kw = self._generate_kwargs(language, task, None)
+        kw = generate_kwargs(self.model, language, task, None)
         kw.pop("max_new_tokens")
         kw.update(return_timestamps=True, return_segments=True, temperature=(0.0,) + FALLBACK_TEMPERATURES,
                   compression_ratio_threshold=1.35, logprob_threshold=-1.0, no_speech_threshold=0.6)

@@ -16,6 +16,8 @@ import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
+from ..generation import suppression_mask
+
 
 def decoder_prompt(generation_config, language: str | None = None, task: str | None = None) -> list[int]:
     """<|startoftranscript|> [<|language|> <|task|>] <|notimestamps|>, as Whisper's `generate` starts a window
@@ -31,13 +33,12 @@ def decoder_prompt(generation_config, language: str | None = None, task: str | N
 
 
 def _suppression(generation_config, vocab_size, device):
-    """(every step's, the first step's) additive masks: -inf on `suppress_tokens`, and also on
-    `begin_suppress_tokens` at the first generated token, as Whisper's logits processors do."""
-    mask = torch.zeros(vocab_size, device=device)
-    mask[list(generation_config.suppress_tokens or ())] = float("-inf")
-    first = mask.clone()
-    first[list(generation_config.begin_suppress_tokens or ())] = float("-inf")
-    return mask, first
+    """(every step's, the first step's) additive masks, as Whisper's logits processors suppress tokens: the
+    `suppress_tokens` at every step, also the `begin_suppress_tokens` at the first. None where nothing is suppressed
+    (`optimize_for_cpu` moves the suppressed tokens into the output projection, `SuppressedLogits`)."""
+    every = generation_config.suppress_tokens or ()
+    first = [*every, *(generation_config.begin_suppress_tokens or ())]
+    return suppression_mask(every, vocab_size, device), suppression_mask(first, vocab_size, device)
 
 
 @torch.inference_mode()
@@ -58,7 +59,8 @@ def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], max_ne
         # the cache by position: transformers 5.17 names it past_key_values, later versions cache
         hidden = decoder(inputs, None, encoder_states, cache, use_cache=True).last_hidden_state[:, -1:]
         logits = model.proj_out(hidden)[:, -1].float()
-        chosen = (logits + (first_suppress if step == 0 else suppress)).argmax(-1)
+        mask = first_suppress if step == 0 else suppress
+        chosen = (logits if mask is None else logits + mask).argmax(-1)
         running &= chosen != eos
         for row, token, more in zip(rows.tolist(), chosen.tolist(), running.tolist()):
             if more:
